@@ -1,0 +1,44 @@
+"""Dataset registry: ``load_dataset(name, **params)`` returns a ``MultimodalDataset``."""
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Any, Callable
+
+from mmlib.data.base import Modality, MultimodalDataset, make_splits
+from mmlib.utils import MMLibError
+
+# name -> "module:function"; imported lazily so a missing optional piece never
+# breaks the others.
+_REGISTRY: dict[str, str] = {
+    "spacecraft": "mmlib.data.spacecraft:load_spacecraft",
+    "folder": "mmlib.data.folder:load_folder",
+    "clothing": "mmlib.data.clothing:load_clothing",
+    "embeddings": "mmlib.data.embeddings:load_embeddings",
+}
+
+
+def available_datasets() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_loader(name: str) -> Callable[..., MultimodalDataset]:
+    if name not in _REGISTRY:
+        raise MMLibError(f"Unknown dataset {name!r}. Available: {', '.join(available_datasets())}.")
+    module, func = _REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def load_dataset(name: str, **params: Any) -> MultimodalDataset:
+    """Load a registered dataset. Unknown keyword parameters are an error (listing the valid ones)."""
+    loader = get_loader(name)
+    sig = inspect.signature(loader)
+    if not any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values()):
+        unknown = [k for k in params if k not in sig.parameters]
+        if unknown:
+            valid = ", ".join(sig.parameters)
+            raise MMLibError(f"load_dataset({name!r}): unknown parameter(s) {unknown}. Valid parameters: {valid}.")
+    return loader(**params)
+
+
+__all__ = ["load_dataset", "available_datasets", "Modality", "MultimodalDataset", "make_splits"]
