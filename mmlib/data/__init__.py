@@ -41,4 +41,17 @@ def load_dataset(name: str, **params: Any) -> MultimodalDataset:
     return loader(**params)
 
 
-__all__ = ["load_dataset", "available_datasets", "Modality", "MultimodalDataset", "make_splits"]
+def load_for_profile(name: str, profile: dict[str, Any], **overrides: Any) -> MultimodalDataset:
+    """Load a dataset with the sizes a run profile asks for (``n_rows``, ``image_size``,
+    ``text_encoder``), plus explicit overrides. Keys a loader does not take are skipped."""
+    loader = get_loader(name)
+    accepted = inspect.signature(loader).parameters
+    params: dict[str, Any] = {}
+    for key in ("n_rows", "image_size", "text_encoder"):
+        if key in accepted and profile.get(key) is not None:
+            params[key] = profile[key]
+    params.update(overrides)
+    return load_dataset(name, **params)
+
+
+__all__ = ["load_for_profile", "load_dataset", "available_datasets", "Modality", "MultimodalDataset", "make_splits"]

@@ -1,0 +1,109 @@
+"""Named run profiles: how big a run every notebook does.
+
+A notebook takes one parameter ``profile`` and reads its sizes from here, so the
+same notebook is a 1-minute smoke test, the committed report, or a long GPU run::
+
+    P = get_profile(profile)          # in the cell after the `parameters` cell
+    ds = load_for_profile(dataset, P)
+    for seed in P["seeds"]: ...
+
+All profiles share the same keys (``PROFILE_KEYS``); a notebook may read any of
+them. The numbers are a first guess, kept in this one table so they are tuned in
+one place.
+
+| key | meaning |
+|---|---|
+| ``seeds`` | seeds each experiment runs over (mean ± std is over these) |
+| ``n_rows`` | dataset size cap; ``None`` = the dataset's own default size |
+| ``epochs`` | maximum training epochs per model |
+| ``patience`` | early-stopping patience in epochs; ``None`` = no early stopping |
+| ``batch_size`` | training batch size |
+| ``max_batches_per_epoch`` | cap on batches per epoch (smoke only); ``None`` = full epochs |
+| ``noise_levels`` | corruption strengths for robustness curves (0 = clean, 1 = signal fully replaced) |
+| ``catboost_iterations`` | boosting rounds for the CatBoost baselines |
+| ``image_size`` | side of the square images, in pixels |
+| ``text_encoder`` | text encoder the notebooks build; ``"gru"`` = token GRU trained from scratch |
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from mmlib.utils import MMLibError
+
+PROFILES: dict[str, dict[str, Any]] = {
+    # Tests and CI: every notebook end to end in about a minute on CPU. Numbers mean nothing.
+    "smoke": {
+        "seeds": [0],
+        "n_rows": 1500,
+        "epochs": 2,
+        "patience": None,
+        "batch_size": 256,
+        "max_batches_per_epoch": 6,
+        "noise_levels": [0.0, 0.5, 1.0],
+        "catboost_iterations": 50,
+        "image_size": 32,
+        "text_encoder": "gru",
+    },
+    # The committed reports: 3 seeds, full datasets; ~15-20 min per dataset on a 2-core CPU.
+    "standard": {
+        "seeds": [0, 1, 2],
+        "n_rows": None,
+        "epochs": 25,
+        "patience": 5,
+        "batch_size": 256,
+        "max_batches_per_epoch": None,
+        "noise_levels": [0.0, 0.25, 0.5, 0.75, 1.0],
+        "catboost_iterations": 800,
+        "image_size": 32,
+        "text_encoder": "gru",
+    },
+    # One GPU: 5 seeds, longer training, bigger images, finer robustness curves.
+    "full": {
+        "seeds": [0, 1, 2, 3, 4],
+        "n_rows": None,
+        "epochs": 60,
+        "patience": 10,
+        "batch_size": 256,
+        "max_batches_per_epoch": None,
+        "noise_levels": [0.0, 0.125, 0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0],
+        "catboost_iterations": 2000,
+        "image_size": 64,
+        "text_encoder": "gru",
+    },
+}
+
+PROFILE_KEYS: tuple[str, ...] = tuple(PROFILES["standard"])
+
+
+def profile_names() -> list[str]:
+    """Profile names, smallest first."""
+    return list(PROFILES)
+
+
+def get_profile(name: str, **overrides: Any) -> dict[str, Any]:
+    """A fresh copy of profile ``name`` (so a notebook may edit it freely).
+
+    ``overrides`` replace single keys (``get_profile("smoke", epochs=5)``); an
+    unknown key is an error rather than a silently ignored typo.
+    """
+    if not isinstance(name, str) or name not in PROFILES:
+        raise MMLibError(f"Unknown profile {name!r}. Valid profiles: {', '.join(PROFILES)}.")
+    prof = copy.deepcopy(PROFILES[name])
+    unknown = sorted(set(overrides) - set(PROFILE_KEYS))
+    if unknown:
+        raise MMLibError(f"get_profile({name!r}): unknown key(s) {unknown}. Valid keys: {', '.join(PROFILE_KEYS)}.")
+    prof.update(copy.deepcopy(overrides))
+    return prof
+
+
+def _check_profiles() -> None:
+    # All profiles must share exactly the same keys, or a notebook works on one and breaks on another.
+    for pname, prof in PROFILES.items():
+        if set(prof) != set(PROFILE_KEYS):
+            raise AssertionError(f"profile {pname!r} keys differ from 'standard': {sorted(set(prof) ^ set(PROFILE_KEYS))}")
+
+
+_check_profiles()
+
+__all__ = ["PROFILES", "PROFILE_KEYS", "get_profile", "profile_names"]
