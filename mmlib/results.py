@@ -335,21 +335,29 @@ def load_records(reports_dir: str | Path = REPORTS_DIR, dataset: str | Sequence[
         dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []
     else:
         dirs = [root / d for d in datasets]
-    rows: list[dict[str, Any]] = []
+    recs: list[dict[str, Any]] = []
     for d in dirs:
         for f in sorted(d.glob(f"*{RESULTS_SUFFIX}")):
             if f.name.startswith("."):
                 continue
             if notebooks is not None and f.name[: -len(RESULTS_SUFFIX)] not in notebooks:
                 continue
-            for rec in read_records_file(f):
-                row = {k: v for k, v in rec.items() if k != "metrics"}
-                row["modality_set"] = "+".join(rec["modalities"])
-                row["n_modalities"] = len(rec["modalities"])
-                row["source"] = str(f)
-                for m, v in rec["metrics"].items():
-                    row[f"metric_{m}"] = v
-                rows.append(row)
+            recs.extend({**rec, "source": str(f)} for rec in read_records_file(f))
+    return records_to_frame(recs)
+
+
+def records_to_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """Records (dicts, e.g. ``RecordWriter.records``) as a DataFrame with ``metric_<name>``
+    columns, ``modality_set`` ("+"-joined) and ``n_modalities``."""
+    rows: list[dict[str, Any]] = []
+    for rec in records:
+        row = {k: v for k, v in rec.items() if k != "metrics"}
+        row.setdefault("source", "")
+        row["modality_set"] = "+".join(rec["modalities"])
+        row["n_modalities"] = len(rec["modalities"])
+        for m, v in rec["metrics"].items():
+            row[f"metric_{m}"] = v
+        rows.append(row)
     if not rows:
         return pd.DataFrame(columns=list(BASE_COLUMNS))
     df = pd.DataFrame(rows)

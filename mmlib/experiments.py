@@ -1,0 +1,230 @@
+"""Run one configuration (dataset × fusion × modalities × seed), evaluate it and
+record it: the glue that keeps the notebooks thin.
+
+>>> P = get_profile("smoke")
+>>> runs = run_over_seeds(ds, "early", ["tabular", "text"], P["seeds"], profile=P,
+...                       notebook="20_simple_fusion", experiment="simple_fusion", writer=writer)
+>>> summary_table(writer.records, metrics=("test_r2", "val_r2"))
+
+Every run seeds python / numpy / torch first (``mmlib.utils.set_seeds``), so the
+same seed gives the same record on CPU.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
+
+import pandas as pd
+
+from mmlib.data.base import MultimodalDataset
+from mmlib.models import MultimodalModel, build_model
+from mmlib.planted import has_planted_structure, planted_recovery
+from mmlib.results import RecordWriter, make_record, records_to_frame
+from mmlib import runcache
+from mmlib.train import FitResult, TrainConfig, Trainer
+from mmlib.utils import MMLibError, set_seeds
+
+# profile key -> TrainConfig field it sets
+PROFILE_TO_TRAIN = {"epochs": "epochs", "patience": "patience", "batch_size": "batch_size",
+                    "max_batches_per_epoch": "max_batches_per_epoch"}
+DEFAULT_SUMMARY_BY = ("model", "fusion", "modality_set", "condition")
+
+
+@dataclass
+class RunResult:
+    """One trained configuration: the model, its trainer (for further evaluation),
+    the fit summary, metrics per split and the result record."""
+
+    model: MultimodalModel
+    trainer: Trainer
+    fit: FitResult
+    metrics: dict[str, dict[str, float]]  # split -> {metric: value}
+    record: dict[str, Any]
+
+
+def train_config_from_profile(profile: Mapping[str, Any], **overrides: Any) -> TrainConfig:
+    """A ``TrainConfig`` sized by a run profile (``epochs``, ``patience``, ``batch_size``,
+    ``max_batches_per_epoch``), with ``overrides`` for any TrainConfig field. An
+    unknown field is an error naming the valid ones."""
+    valid = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(overrides) - valid)
+    if unknown:
+        raise MMLibError(f"Unknown training option(s) {unknown}. TrainConfig fields: {', '.join(sorted(valid))}.")
+    cfg = {field: profile[key] for key, field in PROFILE_TO_TRAIN.items() if key in profile}
+    cfg.update(overrides)
+    return TrainConfig.from_dict(cfg)
+
+
+def default_model_name(fusion: str, modalities: Sequence[str]) -> str:
+    """``"<modality>_only"`` for one modality, ``"<fusion>_fusion"`` otherwise."""
+    return f"{modalities[0]}_only" if len(modalities) == 1 else f"{fusion}_fusion"
+
+
+def _jsonable(obj: Any) -> Any:
+    """A JSON-safe copy (anything exotic becomes its string form)."""
+    return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+
+
+def run_fusion(dataset: MultimodalDataset, fusion: str, modalities: Sequence[str] | None, seed: int,
+               profile: Mapping[str, Any], notebook: str, experiment: str, condition: str = "",
+               model_kwargs: Mapping[str, Any] | None = None, train_kwargs: Mapping[str, Any] | None = None,
+               device: str = "auto", writer: RecordWriter | None = None,
+               evaluate_splits: Sequence[str] = ("val", "test"), model_name: str | None = None,
+               extra: Mapping[str, Any] | None = None, progress: bool = True) -> RunResult:
+    """Seed, build, train and evaluate one model; record it.
+
+    - ``fusion``: a key of ``mmlib.models.FUSIONS``; ``modalities``: the model's inputs
+      (None = all of the dataset's); ``model_kwargs`` go to ``build_model`` (e.g.
+      ``modality_dropout``, ``aux_heads``, ``encoder_archs``) and ``train_kwargs`` to
+      ``TrainConfig`` on top of the profile's sizes (e.g. ``lr``, ``aux_weight``).
+    - Metrics are computed on ``train`` (for the overfitting gap) and on every split in
+      ``evaluate_splits``, prefixed by the split (``train_r2``, ``val_r2``, ``test_r2``).
+      On a dataset with planted structure the record also carries
+      ``test_recovered_<part>`` (``mmlib.planted``).
+    - The record (``model`` = ``model_name`` or ``default_model_name``, modalities
+      sorted, total parameters, train time, epochs run, device) is added to ``writer``
+      if one is given, and returned in ``RunResult.record`` either way.
+    """
+    mods = list(modalities) if modalities is not None else list(dataset.modality_names)
+    model_kwargs = dict(model_kwargs or {})
+    train_kwargs = dict(train_kwargs or {})
+    for key in ("fusion", "modalities"):
+        if key in model_kwargs:
+            raise MMLibError(f"run_fusion: pass {key!r} as its own argument, not inside model_kwargs.")
+    train_kwargs.setdefault("progress", progress)
+    config = train_config_from_profile(profile, seed=int(seed), device=device, **train_kwargs)
+
+    set_seeds(int(seed), deterministic=bool(getattr(config, "deterministic", False)))
+    model = build_model(dataset, fusion=fusion, modalities=mods, **model_kwargs)
+    trainer = Trainer(model, dataset, config)
+    spec = {"fusion": fusion, "modalities": mods, "model_kwargs": _jsonable(model_kwargs),
+            "train": {k: v for k, v in config.to_dict().items() if k not in ("progress", "device", "checkpoint_path")},
+            "device": str(trainer.device) if hasattr(trainer, "device") else device}
+    key = runcache.run_key(dataset, spec) if runcache.enabled() else None
+    hit = runcache.load(key) if key else None
+    if hit is not None:
+        model.load_state_dict(hit["state_dict"])
+        fit = hit["fit"]
+        fit.trainer = trainer
+        trainer._fit_called = True
+    else:
+        fit = trainer.fit()
+        if key:
+            runcache.save(key, {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                                "fit": dataclasses.replace(fit, trainer=None)})
+
+    splits = list(dict.fromkeys(["train", *evaluate_splits]))
+    metrics = {split: dict(trainer.evaluate(split)) for split in splits}
+    flat = {f"{split}_{k}": float(v) for split, ms in metrics.items() for k, v in ms.items()}
+    if "test" in splits and has_planted_structure(dataset):
+        pred = trainer.predict("test")
+        recovered = planted_recovery(dataset, dataset.splits["test"], pred)
+        metrics["test"].update(recovered)
+        flat.update({f"test_{k}": v for k, v in recovered.items()})
+
+    counts = model.param_counts()
+    fields = dict(
+        experiment=experiment,
+        model=model_name or default_model_name(fusion, mods),
+        fusion=fusion,
+        modalities=sorted(mods),
+        condition=condition,
+        seed=int(seed),
+        metrics=flat,
+        n_params=int(counts["total"]),
+        train_time_s=float(fit.train_time_s),
+        epochs=int(fit.epochs_run),
+        device=str(fit.device),
+        extra=_jsonable({
+            "best_epoch": fit.best_epoch,
+            "best_val": fit.best_val,
+            "stopped_early": fit.stopped_early,
+            "n_params_by_branch": {k: int(v) for k, v in counts.items()},
+            "model_kwargs": model_kwargs,
+            "train_kwargs": {k: v for k, v in train_kwargs.items() if k != "progress"},
+            "cached": hit is not None,
+            **dict(extra or {}),
+        }),
+    )
+    if writer is not None:
+        record = writer.add(**fields)
+    else:
+        record = make_record(notebook=notebook, dataset=dataset.name, **fields)
+    return RunResult(model=model, trainer=trainer, fit=fit, metrics=metrics, record=record)
+
+
+def run_over_seeds(dataset: MultimodalDataset, fusion: str, modalities: Sequence[str] | None, seeds: Iterable[int],
+                   progress: bool = True, **kwargs: Any) -> list[RunResult]:
+    """``run_fusion`` once per seed (same arguments otherwise); a progress bar over the
+    seeds unless ``progress=False`` (which also silences the trainer's bar)."""
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise MMLibError("run_over_seeds: no seeds given (the profile's `seeds` list is empty?).")
+    it: Iterable[int] = seeds
+    if progress and len(seeds) > 1:
+        from tqdm.auto import tqdm
+
+        mods = list(modalities) if modalities is not None else list(dataset.modality_names)
+        name = kwargs.get("model_name") or default_model_name(fusion, mods)
+        it = tqdm(seeds, desc=f"{name} over seeds", leave=False)
+    return [run_fusion(dataset, fusion, modalities, seed, progress=progress, **kwargs) for seed in it]
+
+
+# ------------------------------------------------------------------------ tables
+def _records_frame(records: pd.DataFrame | Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    if isinstance(records, pd.DataFrame):
+        if "metrics" in records.columns:  # pd.DataFrame(writer.records): metrics still a dict per row
+            return records_to_frame(records.to_dict("records"))
+        return records
+    return records_to_frame(list(records))
+
+
+def summary_table(records: pd.DataFrame | Iterable[Mapping[str, Any]], by: Sequence[str] = DEFAULT_SUMMARY_BY,
+                  metrics: Sequence[str] | None = None, digits: int = 4) -> pd.DataFrame:
+    """Mean and std (over seeds) of ``metrics`` per group of ``by``.
+
+    ``records``: result records (``writer.records``, a list of dicts, ``pd.DataFrame`` of
+    them, or a ``load_records`` frame). ``metrics``: names such as ``"test_r2"`` (a
+    ``metric_`` prefix is accepted); default: every ``test_*`` metric except the planted
+    ``recovered_*`` ones. Columns: ``<metric>_mean``, ``<metric>_std`` (NaN for one
+    seed), ``n`` (records in the group), and the mean ``n_params``, ``train_time_s``
+    and ``epochs`` where recorded. Indexed by the ``by`` columns (those present).
+    """
+    df = _records_frame(records)
+    if not len(df):
+        raise MMLibError("summary_table: no records to summarise.")
+    by = [b for b in by if b in df.columns]
+    if not by:
+        raise MMLibError(f"summary_table: none of the grouping columns are in the records ({list(df.columns)}).")
+    available = [c[len("metric_"):] for c in df.columns if c.startswith("metric_")]
+    if metrics is None:
+        metrics = [m for m in available
+                   if m.startswith("test_") and "_recovered_" not in m and df[f"metric_{m}"].notna().any()]
+    else:
+        metrics = [m[len("metric_"):] if m.startswith("metric_") else m for m in metrics]
+        missing = [m for m in metrics if m not in available]
+        if missing:
+            raise MMLibError(f"summary_table: no metric {missing} in these records. Available: {', '.join(available)}.")
+    df = df.copy()
+    extras = [c for c in ("n_params", "train_time_s", "epochs") if c in df.columns]
+    for c in extras:
+        df[c] = pd.to_numeric(df[c], errors="coerce")
+    g = df.groupby(by, sort=False, dropna=False)
+    out = pd.DataFrame(index=g.size().index)
+    for m in metrics:
+        col = g[f"metric_{m}"]
+        out[f"{m}_mean"] = col.mean()
+        out[f"{m}_std"] = col.std(ddof=1)
+    out["n"] = g.size().astype(int)
+    for c in extras:
+        if df[c].notna().any():
+            out[c] = g[c].mean()
+    if "n_params" in out:
+        out["n_params"] = out["n_params"].round().astype("Int64")
+    return out.round(digits)
+
+
+__all__ = ["RunResult", "train_config_from_profile", "default_model_name", "run_fusion", "run_over_seeds",
+           "summary_table", "PROFILE_TO_TRAIN"]

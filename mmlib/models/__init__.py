@@ -1,0 +1,34 @@
+"""Models: per-modality encoders, fusion modules, the multimodal model and losses."""
+from mmlib.models.encoders import (
+    DEFAULT_ARCH,
+    ENCODER_ARCHS,
+    EmbeddingMLP,
+    ImageCNN,
+    TabularMLP,
+    TextBagOfWords,
+    TextGRU,
+    build_encoder,
+)
+from mmlib.models.fusion import (
+    FUSIONS,
+    AttentionFusion,
+    BilinearFusion,
+    EarlyFusion,
+    Fusion,
+    GatedFusion,
+    LateFusion,
+    LearnedWeightFusion,
+    LowRankTensorFusion,
+    MoEFusion,
+)
+from mmlib.models.losses import cosine_loss, get_loss, info_nce, predict_from_output, smape
+from mmlib.models.model import MultimodalModel, build_model, build_model_from_config
+
+__all__ = [
+    "DEFAULT_ARCH", "ENCODER_ARCHS", "EmbeddingMLP", "ImageCNN", "TabularMLP", "TextBagOfWords", "TextGRU",
+    "build_encoder",
+    "FUSIONS", "Fusion", "EarlyFusion", "LateFusion", "LearnedWeightFusion", "GatedFusion", "AttentionFusion",
+    "LowRankTensorFusion", "BilinearFusion", "MoEFusion",
+    "MultimodalModel", "build_model", "build_model_from_config",
+    "get_loss", "smape", "info_nce", "cosine_loss", "predict_from_output",
+]

@@ -1,0 +1,265 @@
+"""Per-modality encoders: each maps its modality's tensors to a feature vector.
+
+Every encoder is an ``nn.Module`` with an ``out_dim`` attribute and
+``forward(tensors: dict[str, Tensor]) -> Tensor[b, out_dim]``, where ``tensors``
+holds the keys of its modality kind (see ``mmlib.data.base``). ``build_encoder``
+picks one from a ``Modality`` and reads the sizes it needs from the modality.
+
+Initialisation (DESIGN §5): Kaiming for conv/linear layers, Xavier for the GRU
+input weights and orthogonal for its recurrent weights.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from mmlib.utils import MMLibError
+
+
+def init_weights(module: nn.Module, negative_slope: float = 0.0) -> None:
+    """Kaiming-normal weights and zero biases for every conv/linear layer in ``module``."""
+    nonlinearity = "leaky_relu" if negative_slope else "relu"
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            nn.init.kaiming_normal_(m.weight, a=negative_slope, nonlinearity=nonlinearity)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def _mlp(in_dim: int, hidden: int, out_dim: int, dropout: float = 0.0) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, out_dim))
+
+
+# --------------------------------------------------------------------- tabular
+class TabularMLP(nn.Module):
+    """Categorical embeddings + (already scaled) numeric columns → MLP."""
+
+    def __init__(self, num_dim: int, cat_cardinalities: list[int] | tuple[int, ...], out_dim: int = 64,
+                 hidden: int = 128, emb_dim: int = 8, dropout: float = 0.1):
+        super().__init__()
+        self.num_dim = int(num_dim)
+        self.cat_cardinalities = [int(c) for c in cat_cardinalities]
+        if self.num_dim == 0 and not self.cat_cardinalities:
+            raise MMLibError("TabularMLP needs at least one numeric or categorical column; this modality has none.")
+        # one table per categorical column; index 0 is the unknown/missing level
+        self.embeddings = nn.ModuleList(nn.Embedding(max(c, 1), emb_dim) for c in self.cat_cardinalities)
+        in_dim = self.num_dim + emb_dim * len(self.cat_cardinalities)
+        self.mlp = nn.Sequential(
+            nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(dropout),
+            nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout),
+            nn.Linear(hidden, out_dim),
+        )
+        self.out_dim = out_dim
+        init_weights(self)
+
+    def forward(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+        parts = []
+        if self.num_dim:
+            parts.append(tensors["num"].float())
+        if self.cat_cardinalities:
+            cat = tensors["cat"].long()
+            for j, emb in enumerate(self.embeddings):
+                c = cat[:, j]
+                # a level the encoder never saw (e.g. a new test category) reads as unknown
+                c = torch.where((c >= 0) & (c < emb.num_embeddings), c, torch.zeros_like(c))
+                parts.append(emb(c))
+        return self.mlp(torch.cat(parts, dim=1))
+
+
+# ------------------------------------------------------------------------ text
+def token_lengths(tokens: torch.Tensor) -> torch.Tensor:
+    """Real length of each row: position of its last non-padding token + 1 (0 for an empty row)."""
+    if tokens.shape[1] == 0:
+        return torch.zeros(tokens.shape[0], dtype=torch.long, device=tokens.device)
+    pos = torch.arange(1, tokens.shape[1] + 1, device=tokens.device)
+    return ((tokens != 0).long() * pos).max(dim=1).values
+
+
+class TextGRU(nn.Module):
+    """Token embeddings (padding 0) → GRU over each row's real length → final hidden states → linear.
+
+    Sensitive to word order, unlike ``TextBagOfWords``. A row with no tokens gets a
+    zero hidden state (so its output is the linear layer's bias, finite)."""
+
+    def __init__(self, vocab_size: int, out_dim: int = 64, emb_dim: int = 32, hidden: int = 64,
+                 bidirectional: bool = True, dropout: float = 0.1):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, emb_dim, padding_idx=0)
+        self.gru = nn.GRU(emb_dim, hidden, batch_first=True, bidirectional=bidirectional)
+        self.n_dirs = 2 if bidirectional else 1
+        self.dropout = nn.Dropout(dropout)
+        self.proj = nn.Linear(hidden * self.n_dirs, out_dim)
+        self.out_dim = out_dim
+        self.vocab_size = vocab_size
+        init_weights(self.proj)
+        for name, p in self.gru.named_parameters():
+            if "weight_hh" in name:
+                for k in range(3):  # one orthogonal block per gate (reset, update, new)
+                    nn.init.orthogonal_(p.data[k * hidden:(k + 1) * hidden])
+            elif "weight_ih" in name:
+                nn.init.xavier_uniform_(p)
+            elif "bias" in name:
+                nn.init.zeros_(p)
+
+    def forward(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+        tokens = tensors["tokens"].long()
+        b = tokens.shape[0]
+        lengths = token_lengths(tokens)
+        h = torch.zeros(b, self.proj.in_features, device=tokens.device, dtype=self.proj.weight.dtype)
+        nonempty = lengths > 0
+        if tokens.shape[1] > 0 and b > 0:
+            emb = self.embedding(tokens.clamp(0, self.vocab_size - 1))
+            # pack_padded_sequence needs lengths >= 1 on the CPU; empty rows are reset to zero below
+            packed = pack_padded_sequence(emb, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
+            _, h_n = self.gru(packed)  # [layers * dirs, b, hidden], rows in the original order
+            last = torch.cat([h_n[-d] for d in range(self.n_dirs, 0, -1)], dim=1)
+            h = torch.where(nonempty[:, None], last.to(h.dtype), h)
+        return self.proj(self.dropout(h))
+
+
+class TextBagOfWords(nn.Module):
+    """Masked mean of token embeddings → MLP: the order-blind text baseline."""
+
+    def __init__(self, vocab_size: int, out_dim: int = 64, emb_dim: int = 32, hidden: int = 64, dropout: float = 0.1):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, emb_dim, padding_idx=0)
+        self.mlp = _mlp(emb_dim, hidden, out_dim, dropout)
+        self.out_dim = out_dim
+        self.vocab_size = vocab_size
+        init_weights(self.mlp)
+
+    def forward(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+        tokens = tensors["tokens"].long()
+        mask = (tokens != 0).unsqueeze(-1)
+        emb = self.embedding(tokens.clamp(0, self.vocab_size - 1))
+        mean = (emb * mask).sum(1) / mask.sum(1).clamp(min=1)  # an empty row averages to zeros
+        return self.mlp(mean)
+
+
+# ----------------------------------------------------------------------- image
+class ImageCNN(nn.Module):
+    """uint8 RGB images → features.
+
+    ``width="small"``: seed 000's net (conv 3→8→16, BatchNorm, LeakyReLU, MaxPool, linear).
+    ``width="wide"``: four conv blocks (32, 64, 96, 128 channels) + global average pool.
+    Pixels are converted to float in [0, 1] and centred (roughly unit scale)."""
+
+    WIDTHS = ("small", "wide")
+
+    def __init__(self, out_dim: int = 64, width: str = "small", in_size: int = 32, dropout: float = 0.1):
+        super().__init__()
+        if width not in self.WIDTHS:
+            raise MMLibError(f"ImageCNN: unknown width {width!r}; expected one of {self.WIDTHS}.")
+        if in_size < 4:
+            raise MMLibError(f"ImageCNN: images of {in_size} px are too small; use at least 4 px.")
+        slope = 0.01
+
+        def block(c_in: int, c_out: int, pool: bool) -> list[nn.Module]:
+            layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                                       nn.LeakyReLU(slope)]
+            return layers + ([nn.MaxPool2d(2, ceil_mode=True)] if pool else [])
+
+        if width == "small":
+            side = -(-in_size // 4)
+            self.features = nn.Sequential(*block(3, 8, True), *block(8, 16, True),
+                                          # identity at in_size; lets another size through without a shape error
+                                          nn.AdaptiveAvgPool2d(side))
+            flat = 16 * side * side
+        else:
+            self.features = nn.Sequential(*block(3, 32, True), *block(32, 64, True), *block(64, 96, True),
+                                          *block(96, 128, False), nn.AdaptiveAvgPool2d(1))
+            flat = 128
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(flat, out_dim))
+        self.out_dim = out_dim
+        self.width = width
+        self.in_size = in_size
+        init_weights(self, negative_slope=slope)
+
+    def forward(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+        x = tensors["pixels"]
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+        x = (x - 0.5) / 0.25  # centre; a uniform [0, 1] pixel has std ≈ 0.29
+        return self.head(self.features(x))
+
+
+# ------------------------------------------------------------------- embedding
+class EmbeddingMLP(nn.Module):
+    """Frozen precomputed embeddings: L2-normalise with a learnable scale (seed 002), then an MLP."""
+
+    def __init__(self, in_dim: int, out_dim: int = 64, hidden: int = 256, dropout: float = 0.1):
+        super().__init__()
+        # sqrt(d) gives the normalised components roughly unit scale at the start
+        self.scale = nn.Parameter(torch.tensor(float(in_dim) ** 0.5))
+        self.mlp = _mlp(in_dim, hidden, out_dim, dropout)
+        self.out_dim = out_dim
+        self.in_dim = in_dim
+        init_weights(self.mlp)
+
+    def forward(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+        x = F.normalize(tensors["x"].float(), dim=-1)  # an all-zero row stays zero
+        return self.mlp(x * self.scale)
+
+
+# --------------------------------------------------------------------- builder
+ENCODER_ARCHS: dict[str, dict[str, Any]] = {
+    "tabular": {"mlp": TabularMLP},
+    "text": {"gru": TextGRU, "bow": TextBagOfWords},
+    "image": {"cnn_small": ImageCNN, "cnn_wide": ImageCNN},
+    "embedding": {"mlp": EmbeddingMLP},
+}
+DEFAULT_ARCH = {"tabular": "mlp", "text": "gru", "image": "cnn_small", "embedding": "mlp"}
+
+
+def _check_kwargs(cls: type, kw: dict[str, Any], fixed: set[str], what: str) -> None:
+    allowed = [p for p in inspect.signature(cls.__init__).parameters if p not in {"self", *fixed}]
+    unknown = [k for k in kw if k not in allowed]
+    if unknown:
+        raise MMLibError(f"{what}: unknown option(s) {unknown}; {cls.__name__} accepts {allowed}.")
+
+
+def build_encoder(modality: Any, arch: str | None = None, out_dim: int = 64, **kw: Any) -> nn.Module:
+    """An encoder for ``modality`` (a ``mmlib.data.base.Modality``), sized from its info and tensors.
+
+    ``arch``: tabular "mlp"; text "gru" (default) or "bow"; image "cnn_small" (default)
+    or "cnn_wide"; embedding "mlp". Extra keyword options go to the encoder class."""
+    kind = modality.kind
+    archs = ENCODER_ARCHS.get(kind)
+    if archs is None:
+        raise MMLibError(f"Modality {modality.name!r}: no encoder for kind {kind!r}; "
+                         f"known kinds {list(ENCODER_ARCHS)}.")
+    arch = arch or DEFAULT_ARCH[kind]
+    if arch not in archs:
+        raise MMLibError(f"Modality {modality.name!r} ({kind}): unknown encoder arch {arch!r}; choices {list(archs)}.")
+    cls = archs[arch]
+    t, info = modality.tensors, modality.info
+    what = f"encoder {arch!r} for modality {modality.name!r}"
+    if kind == "tabular":
+        num_dim = int(t["num"].shape[1]) if "num" in t else 0
+        if "cat_cardinalities" in info:
+            cards = list(info["cat_cardinalities"])
+        elif "cat" in t and t["cat"].shape[1] > 0:
+            cards = [int(v) + 1 for v in t["cat"].max(dim=0).values.tolist()]
+        else:
+            cards = []
+        _check_kwargs(cls, kw, {"num_dim", "cat_cardinalities", "out_dim"}, what)
+        return cls(num_dim, cards, out_dim=out_dim, **kw)
+    if kind == "text":
+        vocab_size = int(info.get("vocab_size") or len(info.get("vocab") or []))
+        tokens = t["tokens"]
+        if tokens.numel():
+            vocab_size = max(vocab_size, int(tokens.max()) + 1)  # never index past the table
+        vocab_size = max(vocab_size, 2)  # pad + OOV at least
+        _check_kwargs(cls, kw, {"vocab_size", "out_dim"}, what)
+        return cls(vocab_size, out_dim=out_dim, **kw)
+    if kind == "image":
+        in_size = int(info.get("size") or t["pixels"].shape[-1])
+        _check_kwargs(cls, kw, {"out_dim", "width", "in_size"}, what)
+        return cls(out_dim=out_dim, width=arch.removeprefix("cnn_"), in_size=in_size, **kw)
+    # embedding
+    _check_kwargs(cls, kw, {"in_dim", "out_dim"}, what)
+    return cls(int(t["x"].shape[1]), out_dim=out_dim, **kw)
