@@ -28,7 +28,7 @@ from mmlib.utils import MMLibError, set_seeds
 
 # profile key -> TrainConfig field it sets
 PROFILE_TO_TRAIN = {"epochs": "epochs", "patience": "patience", "batch_size": "batch_size",
-                    "max_batches_per_epoch": "max_batches_per_epoch"}
+                    "max_batches_per_epoch": "max_batches_per_epoch", "lr": "lr", "weight_decay": "weight_decay"}
 DEFAULT_SUMMARY_BY = ("model", "fusion", "modality_set", "condition")
 
 

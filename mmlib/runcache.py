@@ -35,7 +35,11 @@ def enabled() -> bool:
 def code_version() -> str:
     root = Path(__file__).resolve().parent
     h = hashlib.sha1()
-    for p in sorted(root.rglob("*.py")):
+    # the code a trained run depends on; editing reports, plots or prose leaves the cache valid
+    files = [*root.glob("data/*.py"), *root.glob("models/*.py"),
+             *(root / f for f in ("train.py", "experiments.py", "evaluate.py", "imbalance.py", "planted.py",
+                                  "metrics.py", "utils.py", "profiles.py"))]
+    for p in sorted(files):
         h.update(p.relative_to(root).as_posix().encode())
         h.update(p.read_bytes())
     return h.hexdigest()[:16]

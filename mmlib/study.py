@@ -405,9 +405,10 @@ def imbalance_experiment(ds, conditions: list[dict], remedies: Mapping[str, tupl
     settings += [(c, r) for c in conditions for r in remedies]
     for cond, remedy in settings:
         model_kwargs, train_kwargs = remedies[remedy]
-        for seed in profile["seeds"]:
+        seeds = profile.get("imbalance_seeds") or profile["seeds"]
+        for seed in seeds:
             data = ds if cond["how"] == "none" else weaken(ds, cond["modality"], cond["how"], cond["level"], seed=seed)
-            track = seed == profile["seeds"][0]
+            track = seed == seeds[0]
             run = run_fusion(data, "early", mods, seed, profile, notebook, "imbalance", condition=cond["label"],
                              model_kwargs=model_kwargs, train_kwargs={**train_kwargs, "track_modalities": track},
                              device=device, writer=None, model_name=remedy, progress=False)

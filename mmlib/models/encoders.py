@@ -40,7 +40,7 @@ class TabularMLP(nn.Module):
     """Categorical embeddings + (already scaled) numeric columns → MLP."""
 
     def __init__(self, num_dim: int, cat_cardinalities: list[int] | tuple[int, ...], out_dim: int = 64,
-                 hidden: int = 128, emb_dim: int = 8, dropout: float = 0.1):
+                 hidden: int = 128, emb_dim: int = 8, dropout: float = 0.0):
         super().__init__()
         self.num_dim = int(num_dim)
         self.cat_cardinalities = [int(c) for c in cat_cardinalities]
@@ -86,8 +86,8 @@ class TextGRU(nn.Module):
     Sensitive to word order, unlike ``TextBagOfWords``. A row with no tokens gets a
     zero hidden state (so its output is the linear layer's bias, finite)."""
 
-    def __init__(self, vocab_size: int, out_dim: int = 64, emb_dim: int = 32, hidden: int = 64,
-                 bidirectional: bool = True, dropout: float = 0.1):
+    def __init__(self, vocab_size: int, out_dim: int = 64, emb_dim: int = 32, hidden: int = 32,
+                 bidirectional: bool = True, dropout: float = 0.0):
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, emb_dim, padding_idx=0)
         self.gru = nn.GRU(emb_dim, hidden, batch_first=True, bidirectional=bidirectional)
@@ -149,7 +149,7 @@ class ImageCNN(nn.Module):
     ``width="wide"``: four conv blocks (32, 64, 96, 128 channels) + global average pool.
     Pixels are converted to float in [0, 1] and centred (roughly unit scale)."""
 
-    WIDTHS = ("small", "wide")
+    WIDTHS = ("small", "strided", "wide")
 
     def __init__(self, out_dim: int = 64, width: str = "small", in_size: int = 32, dropout: float = 0.1):
         super().__init__()
@@ -170,6 +170,14 @@ class ImageCNN(nn.Module):
                                           # identity at in_size; lets another size through without a shape error
                                           nn.AdaptiveAvgPool2d(side))
             flat = 16 * side * side
+        elif width == "strided":
+            # two stride-2 convs instead of conv + max-pool: ~2x faster on a CPU, same receptive field
+            side = -(-in_size // 4)
+            self.features = nn.Sequential(
+                nn.Conv2d(3, 16, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(16), nn.LeakyReLU(slope),
+                nn.Conv2d(16, 32, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(32), nn.LeakyReLU(slope),
+                nn.AdaptiveAvgPool2d(side))
+            flat = 32 * side * side
         else:
             self.features = nn.Sequential(*block(3, 32, True), *block(32, 64, True), *block(64, 96, True),
                                           *block(96, 128, False), nn.AdaptiveAvgPool2d(1))
@@ -209,10 +217,10 @@ class EmbeddingMLP(nn.Module):
 ENCODER_ARCHS: dict[str, dict[str, Any]] = {
     "tabular": {"mlp": TabularMLP},
     "text": {"gru": TextGRU, "bow": TextBagOfWords},
-    "image": {"cnn_small": ImageCNN, "cnn_wide": ImageCNN},
+    "image": {"cnn_small": ImageCNN, "cnn_strided": ImageCNN, "cnn_wide": ImageCNN},
     "embedding": {"mlp": EmbeddingMLP},
 }
-DEFAULT_ARCH = {"tabular": "mlp", "text": "gru", "image": "cnn_small", "embedding": "mlp"}
+DEFAULT_ARCH = {"tabular": "mlp", "text": "gru", "image": "cnn_strided", "embedding": "mlp"}
 
 
 def _check_kwargs(cls: type, kw: dict[str, Any], fixed: set[str], what: str) -> None:

@@ -68,7 +68,7 @@ class Fusion(nn.Module):
 class EarlyFusion(Fusion):
     """Concatenate the features and the presence indicators → MLP head."""
 
-    def __init__(self, dims: dict[str, int], out_dim: int, hidden: int = 64, dropout: float = 0.1):
+    def __init__(self, dims: dict[str, int], out_dim: int, hidden: int = 64, dropout: float = 0.0):
         super().__init__(dims, out_dim, hidden)
         self.head = nn.Sequential(
             nn.Linear(sum(self.dims.values()) + len(dims), hidden), nn.ReLU(), nn.Dropout(dropout),
@@ -90,7 +90,7 @@ class LateFusion(Fusion):
     By construction it is additive across modalities, so it cannot model a cross-modal
     interaction (e.g. y = a·b with a from one modality and b from another)."""
 
-    def __init__(self, dims: dict[str, int], out_dim: int, hidden: int = 64, dropout: float = 0.1):
+    def __init__(self, dims: dict[str, int], out_dim: int, hidden: int = 64, dropout: float = 0.0):
         super().__init__(dims, out_dim, hidden)
         self.heads = nn.ModuleDict({m: _mlp(d, hidden, out_dim, dropout) for m, d in self.dims.items()})
         init_weights(self)
@@ -109,7 +109,7 @@ class LearnedWeightFusion(Fusion):
     """Per-modality projection, one learned scalar weight per modality (softmaxed over
     the present ones), weighted sum → head. The weights are global, not per row."""
 
-    def __init__(self, dims: dict[str, int], out_dim: int, hidden: int = 64, dropout: float = 0.1):
+    def __init__(self, dims: dict[str, int], out_dim: int, hidden: int = 64, dropout: float = 0.0):
         super().__init__(dims, out_dim, hidden)
         self.proj = nn.ModuleDict({m: _projector(d, hidden) for m, d in self.dims.items()})
         self.logits = nn.Parameter(torch.zeros(len(dims)))  # equal weights at the start
@@ -132,7 +132,7 @@ class GatedFusion(Fusion):
 
     GATES = ("softmax", "sigmoid")
 
-    def __init__(self, dims: dict[str, int], out_dim: int, hidden: int = 64, dropout: float = 0.1,
+    def __init__(self, dims: dict[str, int], out_dim: int, hidden: int = 64, dropout: float = 0.0,
                  gate: str = "softmax"):
         super().__init__(dims, out_dim, hidden)
         if gate not in self.GATES:
@@ -187,7 +187,7 @@ class AttentionFusion(Fusion):
     pool → head. ``"weights"``: attention each modality receives, averaged over layers,
     heads and present queries."""
 
-    def __init__(self, dims: dict[str, int], out_dim: int, hidden: int = 64, dropout: float = 0.1,
+    def __init__(self, dims: dict[str, int], out_dim: int, hidden: int = 64, dropout: float = 0.0,
                  heads: int = 4, layers: int = 1):
         super().__init__(dims, out_dim, hidden)
         if hidden % heads:
@@ -230,7 +230,7 @@ class LowRankTensorFusion(Fusion):
     i.e. the full outer-product tensor fusion at a fraction of its size. An absent
     modality has z_m = [1, 0, …, 0], so only its bias path contributes."""
 
-    def __init__(self, dims: dict[str, int], out_dim: int, hidden: int = 64, dropout: float = 0.1, rank: int = 4):
+    def __init__(self, dims: dict[str, int], out_dim: int, hidden: int = 64, dropout: float = 0.0, rank: int = 4):
         super().__init__(dims, out_dim, hidden)
         if rank < 1:
             raise MMLibError(f"LowRankTensorFusion: rank={rank}; use 1 or more.")
@@ -263,7 +263,7 @@ class BilinearFusion(Fusion):
     (one ``nn.Bilinear`` per pair) + linear terms + presence indicators → head.
     An absent modality's projection is zero, so its interactions reduce to biases."""
 
-    def __init__(self, dims: dict[str, int], out_dim: int, hidden: int = 64, dropout: float = 0.1,
+    def __init__(self, dims: dict[str, int], out_dim: int, hidden: int = 64, dropout: float = 0.0,
                  proj_dim: int = 16):
         super().__init__(dims, out_dim, hidden)
         self.proj = nn.ModuleDict({m: _projector(d, proj_dim) for m, d in self.dims.items()})
@@ -290,7 +290,7 @@ class MoEFusion(Fusion):
     """A softmax gate over the concatenated features (+ presence) mixes ``n_experts``
     expert MLPs that all read that concatenation (seed 002). ``"gates"`` [b, E]."""
 
-    def __init__(self, dims: dict[str, int], out_dim: int, hidden: int = 64, dropout: float = 0.1,
+    def __init__(self, dims: dict[str, int], out_dim: int, hidden: int = 64, dropout: float = 0.0,
                  n_experts: int = 3):
         super().__init__(dims, out_dim, hidden)
         if n_experts < 1:
