@@ -617,6 +617,16 @@ def _check_datasets(datasets: Sequence[str]) -> None:
     unknown = [d for d in datasets if d not in known]
     if unknown:
         raise MMLibError(f"unknown dataset(s) {', '.join(unknown)}. Available: {', '.join(known)}.")
+    # the notebooks load a dataset by its name alone: one whose loader needs arguments (your own
+    # files: folder, embeddings) would only fail inside the first notebook
+    from mmlib.data import required_parameters
+    needs = {d: required_parameters(d) for d in datasets}
+    needs = {d: r for d, r in needs.items() if r}
+    if needs:
+        what = "; ".join(f"{d!r} needs {', '.join(r)}" for d, r in needs.items())
+        raise MMLibError(f"dataset(s) {', '.join(needs)} need arguments the runner cannot pass to the notebooks "
+                         f"({what}). Load your own data from Python or a notebook with "
+                         f"mmlib.data.load_dataset(name, ...); the runner runs {', '.join(DEFAULT_DATASETS)}.")
 
 
 def _resolved_device(device: str) -> str:

@@ -16,8 +16,17 @@ class MMLibError(Exception):
     """An error a user can act on: the message says what is wrong and what to do.
 
     Raised for bad input (files, columns, parameters). It is a plain Exception
-    subclass so notebooks show one readable line instead of a deep traceback.
+    subclass, and IPython / Jupyter show it as one readable line instead of a deep
+    traceback (``_render_traceback_``); set ``MMLIB_FULL_TRACEBACK=1`` to see the
+    full traceback when debugging mmlib itself.
     """
+
+    def _render_traceback_(self) -> list[str]:
+        import traceback
+
+        if os.environ.get("MMLIB_FULL_TRACEBACK", "0") not in ("0", "", "false", "no"):
+            return "".join(traceback.format_exception(type(self), self, self.__traceback__)).splitlines()
+        return [f"{type(self).__name__}: {self}"]
 
 
 def set_seeds(seed: int, deterministic: bool = False) -> None:

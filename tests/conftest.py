@@ -59,3 +59,9 @@ def tiny_dataset() -> MultimodalDataset:
 @pytest.fixture
 def tiny_classification() -> MultimodalDataset:
     return make_tiny_dataset(task="multiclass")
+
+
+@pytest.fixture(autouse=True)
+def _no_run_cache(monkeypatch):
+    """Unit tests train for real: a cache hit must never stand in for a reproducibility check."""
+    monkeypatch.setenv("MMLIB_RUN_CACHE", "0")

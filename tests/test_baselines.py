@@ -1,0 +1,127 @@
+"""CatBoost and TF-IDF baselines on the clothing fixture and on a planted text signal."""
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mmlib.baselines import _texts, catboost_baseline, tfidf_linear_baseline
+from mmlib.data import load_dataset
+from mmlib.metrics import METRIC_NAMES
+from mmlib.utils import MMLibError
+
+FIXTURE = Path(__file__).parent / "fixtures" / "clothing_small.csv"
+KEYS = {"val", "test", "train_time_s", "model", "modalities", "n_params"}
+
+
+def load(**kw):
+    kw.setdefault("path", FIXTURE)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*'Age'.*imputed", category=UserWarning)
+        return load_dataset("clothing", **kw)
+
+
+def planted(tmp_path: Path, n: int = 240, seed: int = 0) -> Path:
+    """A clothing-schema CSV whose Rating is written in the review's words; the table is noise."""
+    g = np.random.default_rng(seed)
+    words = {1: "awful ripped", 2: "poor thin", 3: "okay fine", 4: "good nice", 5: "perfect love"}
+    rating = g.integers(1, 6, size=n)
+    filler = ["dress", "top", "fabric", "fit", "color", "size", "wore", "bought"]
+    rows = []
+    for i, r in enumerate(rating):
+        body = " ".join(g.choice(filler, size=4).tolist() + [words[int(r)]] + g.choice(filler, size=3).tolist())
+        rows.append({"Clothing ID": int(g.integers(1, 30)), "Age": int(g.integers(18, 80)), "Title": None,
+                     "Review Text": body, "Rating": int(r), "Recommended IND": int(r >= 4),
+                     "Positive Feedback Count": int(g.integers(0, 5)), "Division Name": g.choice(["General", "Petite"]),
+                     "Department Name": g.choice(["Tops", "Dresses"]), "Class Name": g.choice(["Knits", "Pants"])})
+    p = tmp_path / "planted.csv"
+    pd.DataFrame(rows).to_csv(p, index=False)
+    return p
+
+
+@pytest.mark.parametrize("target", ["Rating", "Recommended IND", "Rating_class"])
+@pytest.mark.parametrize("use_text", [False, True])
+def test_catboost_runs_on_fixture(target, use_text):
+    ds = load(target=target)
+    res = catboost_baseline(ds, use_text=use_text, iterations=30, seed=0)
+    assert KEYS <= set(res)
+    assert set(res["test"]) == set(METRIC_NAMES[ds.task])
+    assert res["modalities"] == (["tabular", "text"] if use_text else ["tabular"])
+    assert 1 <= res["n_trees"] <= 30 and res["n_params"] >= 2**6 and res["train_time_s"] > 0
+    assert "Rating" not in res["features"] and "Recommended IND" not in res["features"]
+    metric = "r2" if ds.task == "regression" else "accuracy"
+    assert math.isfinite(res["test"][metric])
+
+
+def test_catboost_is_deterministic():
+    ds = load()
+    a = catboost_baseline(ds, iterations=40, seed=1)
+    b = catboost_baseline(ds, iterations=40, seed=1)
+    assert a["test"] == b["test"] and a["n_trees"] == b["n_trees"]
+
+
+@pytest.mark.parametrize("target", ["Rating", "Recommended IND", "Rating_class"])
+def test_tfidf_runs_on_fixture(target):
+    ds = load(target=target)
+    emb = np.random.default_rng(0).normal(size=(ds.n, 5))
+    res = tfidf_linear_baseline(ds, use_tabular=True, extra_embeddings=emb, alpha=(1.0, 3.0))
+    assert KEYS <= set(res)
+    assert res["modalities"] == ["text", "tabular", "embeddings"]
+    assert res["alpha"] in (1.0, 3.0)
+    assert res["n_features"] > res["n_tfidf_terms"] + 2 + 5  # + 2 numbers, one-hots, 5 embedding dims
+    assert res["n_params"] >= res["n_features"]
+    assert all(math.isfinite(v) for v in res["val"].values())
+    preds = tfidf_linear_baseline(ds, alpha=1.0, return_predictions=True)["predictions"]
+    assert len(preds["test"]) == len(ds.splits["test"])
+
+
+def test_tfidf_embedding_modality_by_name(tmp_path, monkeypatch):
+    from mmlib.data import sentence
+
+    class Fake:
+        def get_embedding_dimension(self):
+            return 3
+
+        def encode(self, texts, **kw):
+            return np.array([[len(t), t.count("o"), 1.0] for t in texts], dtype=np.float32)
+
+    monkeypatch.setattr(sentence, "_load_model", lambda name, device: Fake())
+    ds = load(text_encoder="both", cache_dir=tmp_path)
+    res = tfidf_linear_baseline(ds, extra_embeddings="text_minilm", alpha=1.0)
+    assert res["modalities"] == ["text", "text_minilm"] and res["model"] == "tfidf+ridge+text_minilm"
+    with pytest.raises(MMLibError, match="not an embedding modality"):
+        tfidf_linear_baseline(ds, extra_embeddings="tabular")
+
+
+def test_baselines_find_a_planted_text_signal(tmp_path):
+    ds = load(path=planted(tmp_path), min_freq=1)
+    tfidf = tfidf_linear_baseline(ds, alpha=(0.1, 1.0))
+    assert tfidf["test"]["r2"] > 0.8
+    tab = catboost_baseline(ds, iterations=100)
+    txt = catboost_baseline(ds, use_text=True, iterations=100)
+    assert tab["test"]["r2"] < 0.2  # the table is noise
+    assert txt["test"]["r2"] > tab["test"]["r2"] + 0.3
+
+
+def test_absent_text_becomes_empty_string():
+    ds = load()
+    texts = _texts(ds)
+    assert texts[7] == "" and texts[11] == "" and texts[2].startswith("Some major design flaws.")
+
+
+def test_bad_inputs_are_clear_errors(tiny_dataset):
+    with pytest.raises(MMLibError, match="tabular_frame"):
+        catboost_baseline(tiny_dataset)
+    ds = load()
+    with pytest.raises(MMLibError, match=r"\[n=40, d\]"):
+        tfidf_linear_baseline(ds, extra_embeddings=np.zeros((39, 4)))
+    bad = np.zeros((40, 4))
+    bad[3, 1] = np.nan
+    with pytest.raises(MMLibError, match="row 3"):
+        tfidf_linear_baseline(ds, extra_embeddings=bad)
+    with pytest.raises(MMLibError, match="alpha"):
+        tfidf_linear_baseline(ds, alpha=0.0)
