@@ -283,7 +283,7 @@ def test_build_model_errors_and_config(tiny_dataset):
         build_model(tiny_dataset, encoder_archs={"image": "resnet"})
     model = build_model(tiny_dataset, fusion="attention", encoder_archs={"text": "bow"}, heads=2, hidden=32)
     assert model.config["fusion"] == "attention" and model.config["fusion_kwargs"] == {"heads": 2}
-    assert model.config["encoder_archs"] == {"tabular": "mlp", "text": "bow", "image": "cnn_small"}
+    assert model.config["encoder_archs"] == {"tabular": "mlp", "text": "bow", "image": "cnn_strided"}
     again = build_model_from_config(tiny_dataset, model.config)
     assert again.param_counts() == model.param_counts()
 

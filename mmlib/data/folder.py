@@ -96,6 +96,7 @@ def load_folder(csv_path: str | Path, target: str, num_columns: list[str] | None
 
     meta = {
         "tabular_frame": frame[num_columns + cat_columns],
+        "tabular_encoder": enc if (num_columns or cat_columns) else None,
         "num_columns": num_columns,
         "cat_columns": cat_columns,
         "texts": texts,
