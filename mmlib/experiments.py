@@ -94,6 +94,13 @@ def run_fusion(dataset: MultimodalDataset, fusion: str, modalities: Sequence[str
         if key in model_kwargs:
             raise MMLibError(f"run_fusion: pass {key!r} as its own argument, not inside model_kwargs.")
     train_kwargs.setdefault("progress", progress)
+    if profile.get("image_arch"):  # the profile picks the image encoder unless the caller did
+        archs = dict(model_kwargs.get("encoder_archs") or {})
+        for m in mods:
+            if dataset.modalities[m].kind == "image":
+                archs.setdefault(m, profile["image_arch"])
+        if archs:
+            model_kwargs["encoder_archs"] = archs
     config = train_config_from_profile(profile, seed=int(seed), device=device, **train_kwargs)
 
     set_seeds(int(seed), deterministic=bool(getattr(config, "deterministic", False)))

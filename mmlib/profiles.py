@@ -22,6 +22,7 @@ one place.
 | ``noise_levels`` | corruption strengths for robustness curves (0 = clean, 1 = signal fully replaced) |
 | ``catboost_iterations`` | boosting rounds for the CatBoost baselines |
 | ``catboost_text_iterations`` | boosting rounds for CatBoost with text features (much slower per round) |
+| ``image_arch`` | image encoder of the notebooks' models (``cnn_strided`` is fast on a CPU; ``cnn_wide`` recovers the image part best, for a GPU) |
 | ``image_size`` | side of the square images, in pixels |
 | ``lr`` / ``weight_decay`` | AdamW learning rate (peak of the OneCycle schedule) and weight decay |
 | ``imbalance_seeds`` | seeds of 50_modality_imbalance's grid (``None`` = ``seeds``) |
@@ -47,6 +48,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "catboost_iterations": 50,
         "catboost_text_iterations": 20,
         "image_size": 32,
+        "image_arch": "cnn_strided",
         "text_encoder": "gru",
         "lr": 0.006,
         "weight_decay": 0.0,
@@ -64,6 +66,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "catboost_iterations": 500,
         "catboost_text_iterations": 200,
         "image_size": 32,
+        "image_arch": "cnn_strided",
         "text_encoder": "gru",
         "lr": 0.006,
         "weight_decay": 0.0,
@@ -81,6 +84,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "catboost_iterations": 2000,
         "catboost_text_iterations": 1000,
         "image_size": 64,
+        "image_arch": "cnn_wide",
         "text_encoder": "gru",
         "lr": 0.006,
         "weight_decay": 0.0,
