@@ -7,13 +7,13 @@ structure (shares and ceilings come from ``00_eda``'s records).
 """
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
+from mmlib.evaluate import shapley_values
 from mmlib.results import fmt_mean_std
 
 QUESTIONS = (
@@ -248,7 +248,7 @@ def _planted_section(recs, trained, col, metric) -> Section | None:
     abl = recs[(recs["notebook"] == "30_ablations") & (recs["model"] == "early_fusion")]
     s = _stats(abl, col, ["modality_set"])
     shap = recs[(recs["notebook"] == "30_ablations") & (recs["experiment"] == "shapley")]
-    planted_shap = shapley_from_values({frozenset(k.split("+")): v for k, v in ceil.items()}, mods)
+    planted_shap = shapley_values({frozenset(): 0.0, **{frozenset(k.split("+")): v for k, v in ceil.items()}}, mods)
     for m in mods:
         rest = "+".join(x for x in mods if x != m)
         unique = ceil[full_key] - ceil.get(rest, 0.0)
@@ -288,18 +288,3 @@ def _planted_section(recs, trained, col, metric) -> Section | None:
                              "a mean of per-modality predictions cannot form a product of two modalities' factors.")
     return Section("Did the analysis recover the planted structure?", " ".join(lines), table)
 
-
-def shapley_from_values(value: dict[frozenset, float], players: list[str]) -> dict[str, float]:
-    """Exact Shapley values of a game given the value of every subset (missing subsets count 0)."""
-    n = len(players)
-    out = {}
-    for p in players:
-        others = [q for q in players if q != p]
-        total = 0.0
-        for r in range(len(others) + 1):
-            for coal in itertools.combinations(others, r):
-                s = frozenset(coal)
-                w = math.factorial(len(s)) * math.factorial(n - len(s) - 1) / math.factorial(n)
-                total += w * (value.get(s | {p}, 0.0) - value.get(s, 0.0))
-        out[p] = total
-    return out

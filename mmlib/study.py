@@ -343,12 +343,10 @@ def modality_weights(runs: Mapping[str, Any], split: str = "test", batch_size: i
                 acc = w.sum(0) if acc is None else acc + w.sum(0)
                 n += len(w)
         if acc is not None and n and acc.numel() == len(mods):
-            rows[name] = (acc / n).cpu().numpy()
-        if acc is not None and n and acc.numel() == len(mods):
-            cols = mods
+            rows[name] = pd.Series((acc / n).cpu().numpy(), index=mods)
     if not rows:
         return pd.DataFrame()
-    return pd.DataFrame(rows, index=cols).T.round(3)
+    return pd.DataFrame(rows).T.round(3)
 
 
 # ------------------------------------------------------------- 50 imbalance
@@ -440,7 +438,6 @@ def imbalance_experiment(ds, conditions: list[dict], remedies: Mapping[str, tupl
         if "none" not in g.index:
             continue
         base = g.loc["none"]
-        target_clean_rel = clean_rel if label.startswith(weak + ":") else np.nan
         if base["reliance_on_weak"] < 0.1 * max(clean_rel, 1e-6) and label.startswith(weak + ":"):
             verdict = "collapses onto the other modalities (the weakened one is nearly ignored)"
         elif clean_test - base["test"] < 0.01:
@@ -452,7 +449,6 @@ def imbalance_experiment(ds, conditions: list[dict], remedies: Mapping[str, tupl
         lines.append(f"**{label}**: plain training scores {base['test']:.3f} and relies on the weakened modality "
                      f"for {base['reliance_on_weak']:.3f} — it {verdict}. Best remedy: **{best}** "
                      f"({g.loc[best, 'test']:.3f}, {g.loc[best, 'test'] - base['test']:+.3f} vs none).")
-        _ = target_clean_rel
     contrib = {k: pd.concat(v, ignore_index=True) for k, v in contributions.items()}
     s = Summary(table, " ".join(lines), {"verdicts": verdicts})
     s.long = long  # type: ignore[attr-defined]
