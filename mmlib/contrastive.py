@@ -199,12 +199,17 @@ def has_text_and_image(dataset: Any) -> bool:
 
 
 def build_two_tower(dataset: Any, dim: int = 128, feat_dim: int = 128, text_modality: str | None = None,
-                    image_modality: str | None = None, text_arch: str = "gru", image_arch: str = "cnn_small",
+                    image_modality: str | None = None, text_arch: str = "bigru", image_arch: str = "cnn_small",
                     temperature: float = 0.07, learn_temperature: bool = True,
                     text_kwargs: dict[str, Any] | None = None, image_kwargs: dict[str, Any] | None = None) -> TwoTower:
-    """A ``TwoTower`` for a dataset with a token text and an image modality: a ``TextGRU``
-    (``text_arch="gru"``, or ``"bow"``) and an ``ImageCNN`` (``cnn_small`` / ``cnn_wide``)
-    from ``mmlib.models.encoders``, each ``feat_dim`` wide, projected to ``dim``."""
+    """A ``TwoTower`` for a dataset with a token text and an image modality: a text encoder
+    (``text_arch="bigru"``, ``"gru"`` or ``"bow"``) and an ``ImageCNN`` (``cnn_small`` /
+    ``cnn_wide``) from ``mmlib.models.encoders``, each ``feat_dim`` wide, projected to ``dim``.
+
+    The text tower reads both directions by default: on ``spacecraft`` what a caption shares
+    with its image (colour, stripe) sits early in the sentence, and a forward-only GRU
+    trained from scratch with a contrastive loss does not carry it to the end (a 600-row
+    run: Recall@10 at the random level with ``"gru"``, 4.3x random with ``"bigru"``)."""
     t = _find_modality(dataset, "text", text_modality)
     i = _find_modality(dataset, "image", image_modality)
     text_enc = build_encoder(dataset.modalities[t], text_arch, out_dim=feat_dim, **(text_kwargs or {}))

@@ -76,6 +76,20 @@ def _fmt(row) -> str:
     return fmt_mean_std(row["mean"], row["std"], int(row["n"]))
 
 
+# experiments whose records are trained models (others evaluate a trained model, e.g. under noise)
+TRAINING_EXPERIMENTS = ("unimodal", "simple_fusion", "fusion_variant", "full_model", "subset")
+
+
+def _unique_runs(df: pd.DataFrame) -> pd.DataFrame:
+    """One record per trained run. Notebooks re-record the runs they share through the run
+    cache (20 records 10's single-modality models; 40 names 20's ``early_fusion`` just
+    ``early``): counting both would double n and shrink the seed spread."""
+    if df.empty:
+        return df
+    df = df.assign(model=df["model"].astype(str).str.replace(r"_fusion$", "", regex=True))
+    return df.drop_duplicates(subset=["model", "modality_set", "condition", "seed"])
+
+
 def primary_metric_from(records: pd.DataFrame) -> str:
     for m in ("r2", "roc_auc", "accuracy"):
         if f"metric_test_{m}" in records:
@@ -94,8 +108,9 @@ def build_postmortem(records: pd.DataFrame, dataset: str) -> Postmortem:
     # --- Q1: fusion vs unimodal
     uni = trained[(trained["n_modalities"] == 1) & trained["notebook"].isin(["10_unimodal_baselines", "20_simple_fusion"])
                   & (trained["fusion"] != "none")]
-    uni = uni[uni["experiment"] == "unimodal"]
-    fused = trained[(trained["n_modalities"] > 1) & trained["notebook"].isin(["20_simple_fusion", "40_fusion_variants"])]
+    uni = _unique_runs(uni[uni["experiment"] == "unimodal"])
+    fused = _unique_runs(trained[(trained["n_modalities"] > 1) & trained["notebook"].isin(["20_simple_fusion", "40_fusion_variants"])
+                                 & (trained["experiment"] != "other_target")])
     s_uni = _stats(uni, col, ["model"]).sort_values("mean", ascending=False)
     s_fused = _stats(fused, col, ["model"]).sort_values("mean", ascending=False)
     if len(s_uni) and len(s_fused):
@@ -108,9 +123,12 @@ def build_postmortem(records: pd.DataFrame, dataset: str) -> Postmortem:
                 + (f", {gain / spread:.1f}× the combined seed spread" if spread > 0 else "") + ". "
                 + ("**Yes**: the gain is larger than both 0.01 and twice the seed spread."
                    if meaningful else "**No meaningful gain**: it is below 0.01 or within twice the seed spread."))
-        cat = _stats(trained[trained["model"].astype(str).str.startswith("catboost")], col, ["model"])
+        base = trained[(trained["notebook"] == "10_unimodal_baselines") & (trained["fusion"] == "none")
+                       & (trained["experiment"] != "other_target")]
+        cat = _stats(base, col, ["model"]).sort_values("mean", ascending=False)
         if len(cat):
-            text += " CatBoost for reference: " + "; ".join(f"{m} {_fmt(r)}" for m, r in cat.iterrows()) + "."
+            text += (" Practitioner baselines (CatBoost, TF-IDF + linear) for reference: "
+                     + "; ".join(f"{m} {_fmt(r)}" for m, r in cat.iterrows()) + ".")
         table = pd.concat([s_uni.assign(kind="single modality"), s_fused.assign(kind="fusion")])
         pm.sections.append(Section(f"1. {QUESTIONS[0]}", text, table.round(4)))
     else:
@@ -159,8 +177,8 @@ def build_postmortem(records: pd.DataFrame, dataset: str) -> Postmortem:
         pm.sections.append(Section(f"3. {QUESTIONS[2]}", "Not answered: 30_ablations has no drop-at-inference records."))
 
     # --- Q4: stability
-    pool = trained[trained["notebook"].isin(["10_unimodal_baselines", "20_simple_fusion", "40_fusion_variants"])
-                   & (trained["fusion"] != "none")]
+    pool = _unique_runs(trained[trained["notebook"].isin(["10_unimodal_baselines", "20_simple_fusion", "40_fusion_variants"])
+                                & (trained["fusion"] != "none") & (trained["experiment"] != "other_target")])
     if len(pool):
         st = pool.groupby(["model", "n_modalities"])[col].agg(["std", "count"]).reset_index()
         st = st[st["count"] > 1]
@@ -205,7 +223,81 @@ def build_postmortem(records: pd.DataFrame, dataset: str) -> Postmortem:
     planted = _planted_section(recs, trained, col, metric)
     if planted is not None:
         pm.sections.append(planted)
+    # --- other targets and published figures (real data)
+    other = _other_targets_section(recs)
+    if other is not None:
+        pm.sections.append(other)
+    published = _published_section(recs, dataset)
+    if published is not None:
+        pm.sections.append(published)
     return pm
+
+
+# notebooks whose records are complete models on the primary target (30 and 50 retrain ablated or weakened ones)
+MODEL_NOTEBOOKS = ("10_unimodal_baselines", "20_simple_fusion", "40_fusion_variants", "70_embedding_fusion")
+
+
+def _best_model(sel: pd.DataFrame, col: str, higher: bool = True) -> tuple[str, pd.Series] | None:
+    """The (notebook, model, condition) group with the best mean of ``col``: its label and mean/std/n."""
+    sel = sel[sel[col].notna()] if col in sel else sel.iloc[0:0]
+    if sel.empty:
+        return None
+    st = _stats(sel, col, ["notebook", "model", "condition"]).sort_values("mean", ascending=not higher)
+    (notebook, model, condition), row = st.index[0], st.iloc[0]
+    label = f"{model}" + (f" ({condition})" if condition else "") + f", {notebook}"
+    return label, row
+
+
+def _other_targets_section(recs: pd.DataFrame) -> Section | None:
+    other = recs[recs["experiment"] == "other_target"]
+    if other.empty:
+        return None
+    tables, lines = [], []
+    for cond, g in other.groupby("condition", sort=False):
+        target = cond.removeprefix("target=")
+        metrics = [c for c in ("f1", "roc_auc", "pr_auc", "accuracy", "macro_f1", "r2")
+                   if f"metric_test_{c}" in g and g[f"metric_test_{c}"].notna().any()]
+        t = pd.DataFrame({m: _stats(g, f"metric_test_{m}", ["model"]).apply(_fmt, axis=1) for m in metrics})
+        order = _stats(g, f"metric_test_{metrics[0]}", ["model"]).sort_values("mean", ascending=False).index
+        t = t.loc[order]
+        t.insert(0, "target", target)
+        tables.append(t)
+        lines.append(f"**{target}**: best {metrics[0]} {order[0]} ({t.loc[order[0], metrics[0]]})"
+                     + "".join(f", {m} {t.loc[order[0], m]}" for m in metrics[1:]) + ".")
+    text = ("The same models trained on the dataset's other targets (test split, mean ± std over seeds). "
+            + " ".join(lines))
+    return Section("Other targets", text, pd.concat(tables))
+
+
+def _published_section(recs: pd.DataFrame, dataset: str) -> Section | None:
+    from mmlib.data import default_target, published_results
+
+    pubs = published_results(dataset)
+    if not pubs:
+        return None
+    primary = default_target(dataset)
+    rows, lines = [], []
+    for p in pubs:
+        col = f"metric_test_{p['metric']}"
+        if p["target"] == primary:
+            sel = recs[recs["notebook"].isin(MODEL_NOTEBOOKS) & (recs["experiment"] != "other_target")]
+        else:
+            sel = recs[(recs["experiment"] == "other_target") & (recs["condition"] == f"target={p['target']}")]
+        best = _best_model(sel, col)
+        value = p["value"]
+        pub = f"{value[0]:.3f}–{value[1]:.3f}" if isinstance(value, (list, tuple)) else f"{value:.3f}"
+        hi = max(value) if isinstance(value, (list, tuple)) else value
+        row = {"reference": p["reference"], "target": p["target"], "metric": p["metric"], "published": pub,
+               "ours (best, test)": _fmt(best[1]) if best else "not measured", "our model": best[0] if best else "",
+               "ours − published (top)": round(best[1]["mean"] - hi, 3) if best else np.nan, "caveat": p["caveat"]}
+        rows.append(row)
+        if best:
+            lines.append(f"{p['target']} {p['metric']}: ours {best[1]['mean']:.3f} vs {pub} published "
+                         f"({best[1]['mean'] - hi:+.3f} against the top published figure).")
+    text = ("Published figures on this dataset next to our best model on our fixed test split. The splits, "
+            "preprocessing and (for some) the inputs differ, so the comparison is of orders of magnitude: read "
+            "each caveat. " + " ".join(lines))
+    return Section("Comparison with published results", text, pd.DataFrame(rows).set_index("reference"))
 
 
 def _worth_it(trained, col, metric, s_uni, s_fused, abl) -> str:
@@ -223,8 +315,9 @@ def _worth_it(trained, col, metric, s_uni, s_fused, abl) -> str:
                 verdict = "pays off" if gain > max(2 * sp, 0.005) else "does not pay off"
                 parts.append(f"adding **{m}** to {rest}: {gain:+.3f} test {metric} ({verdict}; seed spread {sp:.3f})")
     if len(s_uni) and len(s_fused):
-        t_uni = trained[trained["experiment"] == "unimodal"]["train_time_s"].mean()
-        t_fus = trained[trained["n_modalities"] > 1]["train_time_s"].mean()
+        runs = _unique_runs(trained[trained["experiment"].isin(TRAINING_EXPERIMENTS)])
+        t_uni = runs[runs["n_modalities"] == 1]["train_time_s"].mean()
+        t_fus = runs[runs["n_modalities"] > 1]["train_time_s"].mean()
         parts.append(f"a fused model takes {t_fus:.1f} s to train on average against {t_uni:.1f} s for one modality")
     if not parts:
         return "Not answered: the ablation records are missing."
@@ -245,7 +338,8 @@ def _planted_section(recs, trained, col, metric) -> Section | None:
     mods = sorted(max(ceil, key=lambda k: k.count("+")).split("+"))
     full_key = "+".join(mods)
     rows = []
-    abl = recs[(recs["notebook"] == "30_ablations") & (recs["model"] == "early_fusion")]
+    abl = recs[(recs["notebook"] == "30_ablations") & (recs["model"] == "early_fusion")
+               & recs["experiment"].isin(["subset", "full_model"])]
     s = _stats(abl, col, ["modality_set"])
     shap = recs[(recs["notebook"] == "30_ablations") & (recs["experiment"] == "shapley")]
     planted_shap = shapley_values({frozenset(): 0.0, **{frozenset(k.split("+")): v for k, v in ceil.items()}}, mods)
@@ -256,6 +350,9 @@ def _planted_section(recs, trained, col, metric) -> Section | None:
         if full_key in s.index and rest in s.index:
             row["measured_retrain_drop"] = round(s.loc[full_key, "mean"] - s.loc[rest, "mean"], 4)
             row["drop_std"] = round(math.sqrt(np.nansum([s.loc[full_key, "std"] ** 2, s.loc[rest, "std"] ** 2])), 4)
+            # how far the model without m stays below its own ceiling: the part of the error that is
+            # under-fitting of the remaining modalities, not a misjudged contribution of m
+            row["without_it_gap_to_ceiling"] = round(ceil.get(rest, 0.0) - s.loc[rest, "mean"], 4)
         row["planted_shapley"] = round(planted_shap[m], 4)
         if len(shap):
             sv = shap[(shap["condition"] == f"retrain:{m}")]
@@ -268,7 +365,9 @@ def _planted_section(recs, trained, col, metric) -> Section | None:
         err = (table["measured_retrain_drop"] - table["planted_unique_share"]).abs()
         lines.append("Retrain drop vs planted unique share: " + ", ".join(
             f"{m} {r['measured_retrain_drop']:.3f} vs {r['planted_unique_share']:.3f}" for m, r in table.iterrows())
-            + f" (largest absolute error {err.max():.3f}).")
+            + f" (largest absolute error {err.max():.3f}, for {err.idxmax()}; the model without it stays "
+            f"{table.loc[err.idxmax(), 'without_it_gap_to_ceiling']:.3f} below its own ceiling, so most of that error is "
+            "the remaining modalities being under-fitted, not a misjudged contribution).")
     dominant_planted = table["planted_shapley"].idxmax()
     if "measured_shapley_retrain" in table:
         dominant_measured = table["measured_shapley_retrain"].idxmax()
@@ -276,12 +375,17 @@ def _planted_section(recs, trained, col, metric) -> Section | None:
                      f"**{dominant_measured}** — " + ("recovered." if dominant_planted == dominant_measured else "NOT recovered."))
     rec_cols = [c for c in trained.columns if c == "metric_test_recovered_synergy"]
     if rec_cols:
-        syn = trained[trained["notebook"].isin(["20_simple_fusion", "40_fusion_variants"]) & (trained["n_modalities"] > 1)]
+        syn = _unique_runs(trained[trained["notebook"].isin(["20_simple_fusion", "40_fusion_variants"])
+                                   & (trained["n_modalities"] > 1) & (trained["experiment"] != "other_target")])
         if len(syn):
             g = syn.groupby("model")["metric_test_recovered_synergy"].agg(["mean", "std", "count"]).sort_values("mean")
             lines.append(f"Synergy (planted share {shares.get('synergy', float('nan')):.2f}) recovered per fusion, "
                          "1 = all of it: " + ", ".join(f"{m} {fmt_mean_std(r['mean'], r['std'], int(r['count']), 2)}"
                                                       for m, r in g.iterrows()) + ".")
+            captures = [m for m, r in g.iterrows() if r["mean"] >= 0.5]
+            misses = [m for m, r in g.iterrows() if r["mean"] < 0.5]
+            lines.append(f"Capture the text×image synergy (at least half of it, mean over seeds): "
+                         f"{', '.join(captures) or 'none'}; do not: {', '.join(misses) or 'none'}.")
             late = [m for m in g.index if m.startswith("late")]
             if late:
                 lines.append(f"Late fusion recovers {g.loc[late[0], 'mean']:.2f} of the synergy, as it must: "

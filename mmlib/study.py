@@ -454,3 +454,57 @@ def imbalance_experiment(ds, conditions: list[dict], remedies: Mapping[str, tupl
     s.long = long  # type: ignore[attr-defined]
     s.contributions = contrib  # type: ignore[attr-defined]
     return s
+
+
+def other_target_experiment(dataset: str, target: str, profile: Mapping, notebook: str, device: str,
+                            writer: RecordWriter, fusions: Sequence[str] = ("early",), unimodal: bool = True,
+                            baselines: bool = True) -> Summary:
+    """The same models on another target of ``dataset`` (e.g. clothing's binary
+    ``Recommended IND``): each single modality and each of ``fusions`` over the profile's
+    seeds, plus CatBoost (tabular + text) and TF-IDF + linear (+ tabular) where the dataset
+    has raw texts. Records: experiment ``other_target``, condition ``target=<target>``.
+    The summary table has mean ± std of every test metric of that task per model."""
+    from mmlib.baselines import catboost_baseline, tfidf_linear_baseline
+    from mmlib.data import load_for_profile
+    from mmlib.experiments import run_over_seeds
+
+    ds = load_for_profile(dataset, dict(profile), target=target)
+    cond = f"target={target}"
+    start = len(writer.records)
+    kw = dict(profile=profile, notebook=notebook, experiment="other_target", condition=cond, device=device,
+              writer=writer, progress=False)
+    if unimodal:
+        for m in ds.modality_names:
+            run_over_seeds(ds, "early", [m], profile["seeds"], model_name=f"{m}_only", **kw)
+    for f in fusions:
+        run_over_seeds(ds, f, None, profile["seeds"], model_name=f"{f}_fusion", **kw)
+    if baselines and "tabular_frame" in ds.meta:
+        has_text = ds.meta.get("texts") is not None
+        for seed in profile["seeds"]:
+            res = catboost_baseline(ds, use_text=has_text, seed=seed, iterations=profile[
+                "catboost_text_iterations" if has_text else "catboost_iterations"])
+            add_baseline_record(writer, res, "other_target", "catboost_tabular" + ("+text" if has_text else ""),
+                                seed, condition=cond)
+        if has_text:
+            res = tfidf_linear_baseline(ds, use_tabular=True, seed=profile["seeds"][0])
+            add_baseline_record(writer, res, "other_target", res["model"], profile["seeds"][0], condition=cond)
+    df = as_frame(writer.records[start:])
+    metrics = [c[len("metric_test_"):] for c in df.columns
+               if c.startswith("metric_test_") and df[c].notna().any() and "recovered" not in c]
+    rows = []
+    for model, g in df.groupby("model", sort=False):
+        row = {"model": model, "modalities": g["modality_set"].iloc[0], "seeds": len(g)}
+        for m in metrics:
+            row[m] = fmt_mean_std(g[f"metric_test_{m}"].mean(), g[f"metric_test_{m}"].std(ddof=1), None)
+            row[f"_{m}"] = g[f"metric_test_{m}"].mean()
+        rows.append(row)
+    table = pd.DataFrame(rows).set_index("model")
+    from mmlib.metrics import primary_metric
+    key, higher = primary_metric(ds.task)
+    order = table[f"_{key}"].sort_values(ascending=not higher).index
+    table = table.loc[order]
+    best = order[0]
+    text = (f"**{target}** ({ds.task}, {ds.n:,} rows): best test {key} **{best}** ({table.loc[best, key]}); "
+            + ", ".join(f"{m} {table.loc[best, m]}" for m in metrics if m != key) + ".")
+    return Summary(table[[c for c in table.columns if not c.startswith("_")]], text,
+                   {"best": best, "task": ds.task, "metric": key})

@@ -65,7 +65,8 @@ class TrainConfig:
     optimizer: str = "adamw"  # "adamw" | "adam" | "sgd" (momentum 0.9)
     scheduler: str = "onecycle"  # "onecycle" | "cosine" | "none"; stepped every batch
     grad_clip: float | None = 1.0  # max global gradient norm; None disables clipping
-    patience: int | None = 5  # epochs without val improvement before stopping; None disables early stopping
+    patience: int | None = 5  # epochs without val improvement before stopping (not counted during OneCycle's
+    # warm-up, whose rising learning rate often makes validation worse on purpose); None disables early stopping
     min_delta: float = 0.0  # an improvement must beat the best val score by more than this
     loss: str | None = None  # loss name for mmlib.models.losses.get_loss; None → the task's default
     loss_options: dict[str, Any] | None = None  # options of that loss, e.g. {"delta": 0.5} for huber
@@ -310,12 +311,17 @@ class Trainer:
             return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
 
+    @property
+    def warmup_epochs(self) -> int:
+        """Epochs of rising learning rate (OneCycle's first 30%): early stopping does not count them."""
+        return math.ceil(0.3 * self.config.epochs) if self.config.scheduler == "onecycle" else 0
+
     def _build_scheduler(self) -> Any:
         cfg = self.config
         total = cfg.epochs * self.steps_per_epoch
         if cfg.scheduler == "onecycle":
             return torch.optim.lr_scheduler.OneCycleLR(
-                self.optimizer, max_lr=[g["lr"] for g in self.optimizer.param_groups], total_steps=total)
+                self.optimizer, max_lr=[g["lr"] for g in self.optimizer.param_groups], total_steps=total, pct_start=0.3)
         if cfg.scheduler == "cosine":
             return torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=total)
         return None
@@ -355,7 +361,7 @@ class Trainer:
             if _better(score, state["best_score"], higher, cfg.min_delta) or state["best_state"] is None:
                 state.update(best_score=score, best_epoch=epoch, bad_epochs=0,
                              best_state={k: v.detach().clone() for k, v in self.model.state_dict().items()})
-            else:
+            elif epoch > self.warmup_epochs:
                 state["bad_epochs"] += 1
             row["epoch_time_s"] = time.perf_counter() - t_epoch
             self.history.append(row)

@@ -13,6 +13,7 @@ from mmlib.models import (
     LateFusion,
     TabularMLP,
     TextBagOfWords,
+    BiTextGRU,
     TextGRU,
     build_encoder,
     build_model,
@@ -135,6 +136,28 @@ def test_text_gru_is_order_sensitive_and_bow_is_not():
     gru.train()
     gru({"tokens": tokens}).sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in gru.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize("cls", [TextGRU, BiTextGRU])
+def test_text_gru_never_reads_padding_whatever_the_batch(cls):
+    """A row's output depends on its own tokens only: not on how many padding columns the
+    tensor has, nor on the other rows of the batch (which set how far rows are shifted)."""
+    set_seeds(0)
+    gru = cls(vocab_size=30, out_dim=8).eval()
+    short = torch.tensor([[4, 7, 9, 0, 0, 0, 0, 0, 0, 0]])
+    long = torch.tensor([[3, 5, 8, 11, 13, 17, 19, 23, 29, 2]])
+    alone = gru({"tokens": short[:, :3]})
+    with_long = gru({"tokens": torch.cat([short, long])})[:1]
+    torch.testing.assert_close(with_long, alone, rtol=1e-5, atol=1e-6)
+    # and it still reads order: the reversed row differs
+    assert (gru({"tokens": torch.tensor([[9, 7, 4]])}) - alone).abs().max() > 1e-4
+
+
+def test_left_align_moves_padding_first():
+    from mmlib.models.encoders import left_align, token_lengths
+    t = torch.tensor([[1, 2, 3, 0], [5, 0, 0, 0], [0, 0, 0, 0], [6, 7, 8, 9]])
+    out = left_align(t, token_lengths(t))
+    assert out.tolist() == [[0, 1, 2, 3], [0, 0, 0, 5], [0, 0, 0, 0], [6, 7, 8, 9]]
 
 
 @pytest.mark.parametrize("width", ["small", "wide"])

@@ -18,6 +18,32 @@ _REGISTRY: dict[str, str] = {
 }
 
 
+# dataset -> targets studied besides the loader's default one (the primary target)
+_OTHER_TARGETS: dict[str, tuple[str, ...]] = {
+    "clothing": ("Recommended IND", "Rating_class"),
+}
+
+
+def other_targets(name: str) -> list[str]:
+    """Targets of dataset ``name`` that the reports study besides its primary one (``[]`` for most)."""
+    return list(_OTHER_TARGETS.get(name, ()))
+
+
+def default_target(name: str) -> str | None:
+    """The target dataset ``name`` loads when none is asked for (None when its loader takes no ``target``)."""
+    p = inspect.signature(get_loader(name)).parameters.get("target")
+    return None if p is None or p.default is p.empty else p.default
+
+
+def published_results(name: str) -> list[dict[str, Any]]:
+    """Published figures on dataset ``name`` to compare with (each: reference, target, task,
+    metric, value or [low, high], caveat); ``[]`` when there are none (synthetic data)."""
+    if name == "clothing":
+        from mmlib.data.clothing import PUBLISHED
+        return [dict(p) for p in PUBLISHED]
+    return []
+
+
 def available_datasets() -> list[str]:
     return sorted(_REGISTRY)
 
@@ -67,5 +93,7 @@ def load_for_profile(name: str, profile: dict[str, Any], **overrides: Any) -> Mu
     return load_dataset(name, **params)
 
 
-__all__ = ["load_for_profile", "load_dataset", "available_datasets", "required_parameters", "Modality",
+__all__ = ["load_for_profile", "load_dataset", "available_datasets", "required_parameters", "other_targets",
+           "default_target",
+           "published_results", "Modality",
            "MultimodalDataset", "make_splits"]

@@ -7,6 +7,7 @@ from mmlib.models.encoders import (
     TabularMLP,
     TextBagOfWords,
     TextGRU,
+    BiTextGRU,
     build_encoder,
 )
 from mmlib.models.fusion import (
@@ -25,7 +26,7 @@ from mmlib.models.losses import cosine_loss, get_loss, info_nce, predict_from_ou
 from mmlib.models.model import MultimodalModel, build_model, build_model_from_config
 
 __all__ = [
-    "DEFAULT_ARCH", "ENCODER_ARCHS", "EmbeddingMLP", "ImageCNN", "TabularMLP", "TextBagOfWords", "TextGRU",
+    "DEFAULT_ARCH", "ENCODER_ARCHS", "EmbeddingMLP", "ImageCNN", "TabularMLP", "TextBagOfWords", "TextGRU", "BiTextGRU",
     "build_encoder",
     "FUSIONS", "Fusion", "EarlyFusion", "LateFusion", "LearnedWeightFusion", "GatedFusion", "AttentionFusion",
     "LowRankTensorFusion", "BilinearFusion", "MoEFusion",
