@@ -110,7 +110,7 @@ def build_postmortem(records: pd.DataFrame, dataset: str) -> Postmortem:
                   & (trained["fusion"] != "none")]
     uni = _unique_runs(uni[uni["experiment"] == "unimodal"])
     fused = _unique_runs(trained[(trained["n_modalities"] > 1) & trained["notebook"].isin(["20_simple_fusion", "40_fusion_variants"])
-                                 & (trained["experiment"] != "other_target")])
+                                 & trained["experiment"].isin(["simple_fusion", "fusion_variant"])])
     s_uni = _stats(uni, col, ["model"]).sort_values("mean", ascending=False)
     s_fused = _stats(fused, col, ["model"]).sort_values("mean", ascending=False)
     if len(s_uni) and len(s_fused):
@@ -136,6 +136,8 @@ def build_postmortem(records: pd.DataFrame, dataset: str) -> Postmortem:
 
     # --- Q2: best fusion strategy
     var = nb("40_fusion_variants")
+    stack = var[var["experiment"] == "stacking"]
+    var = var[var["experiment"] == "fusion_variant"]
     s_var = _stats(var, col, ["model"]).sort_values("mean", ascending=False)
     if len(s_var):
         best, second = s_var.index[0], (s_var.index[1] if len(s_var) > 1 else None)
@@ -146,6 +148,11 @@ def build_postmortem(records: pd.DataFrame, dataset: str) -> Postmortem:
             text += (f"**{best}** is best, {diff:.3f} ahead of {second}"
                      + (" — within the seed spread, so the top two are not separable with these seeds."
                         if diff <= sp else " — more than the combined seed spread."))
+        if len(stack) and col in stack and stack[col].notna().any():
+            st = _stats(stack, col, ["model"]).iloc[0]
+            text += (f" Stacking whole models (every fusion network and the practitioner baselines, non-negative "
+                     f"weights fitted on the validation split) scores {_fmt(st)}, "
+                     f"{st['mean'] - s_var['mean'].iloc[0]:+.3f} against {best}.")
         params = var.groupby("model")["n_params"].mean()
         s_var["n_params"] = params.reindex(s_var.index)
         pm.sections.append(Section(f"2. {QUESTIONS[1]}", text, s_var.round(4)))
@@ -178,7 +185,8 @@ def build_postmortem(records: pd.DataFrame, dataset: str) -> Postmortem:
 
     # --- Q4: stability
     pool = _unique_runs(trained[trained["notebook"].isin(["10_unimodal_baselines", "20_simple_fusion", "40_fusion_variants"])
-                                & (trained["fusion"] != "none") & (trained["experiment"] != "other_target")])
+                                & trained["experiment"].isin(["unimodal", "text_encoder", "simple_fusion",
+                                                              "fusion_variant"])])
     if len(pool):
         st = pool.groupby(["model", "n_modalities"])[col].agg(["std", "count"]).reset_index()
         st = st[st["count"] > 1]

@@ -461,8 +461,8 @@ def other_target_experiment(dataset: str, target: str, profile: Mapping, noteboo
                             baselines: bool = True) -> Summary:
     """The same models on another target of ``dataset`` (e.g. clothing's binary
     ``Recommended IND``): each single modality and each of ``fusions`` over the profile's
-    seeds, plus CatBoost (tabular + text) and TF-IDF + linear (+ tabular) where the dataset
-    has raw texts. Records: experiment ``other_target``, condition ``target=<target>``.
+    seeds, plus one fit each of CatBoost (tabular + text) and TF-IDF + linear (+ tabular)
+    where the dataset has raw texts. Records: experiment ``other_target``, condition ``target=<target>``.
     The summary table has mean ± std of every test metric of that task per model."""
     from mmlib.baselines import catboost_baseline, tfidf_linear_baseline
     from mmlib.data import load_for_profile
@@ -479,12 +479,14 @@ def other_target_experiment(dataset: str, target: str, profile: Mapping, noteboo
     for f in fusions:
         run_over_seeds(ds, f, None, profile["seeds"], model_name=f"{f}_fusion", **kw)
     if baselines and "tabular_frame" in ds.meta:
+        # one fit each (seed 0): CatBoost's seed moves its score by ~0.002 here, and with text features a
+        # multiclass fit on clothing takes ~85 s on a 2-core CPU
         has_text = ds.meta.get("texts") is not None
-        for seed in profile["seeds"]:
-            res = catboost_baseline(ds, use_text=has_text, seed=seed, iterations=profile[
-                "catboost_text_iterations" if has_text else "catboost_iterations"])
-            add_baseline_record(writer, res, "other_target", "catboost_tabular" + ("+text" if has_text else ""),
-                                seed, condition=cond)
+        seed = profile["seeds"][0]
+        res = catboost_baseline(ds, use_text=has_text, seed=seed, iterations=profile[
+            "catboost_text_iterations" if has_text else "catboost_iterations"])
+        add_baseline_record(writer, res, "other_target", "catboost_tabular" + ("+text" if has_text else ""),
+                            seed, condition=cond)
         if has_text:
             res = tfidf_linear_baseline(ds, use_tabular=True, seed=profile["seeds"][0])
             add_baseline_record(writer, res, "other_target", res["model"], profile["seeds"][0], condition=cond)
@@ -508,3 +510,61 @@ def other_target_experiment(dataset: str, target: str, profile: Mapping, noteboo
             + ", ".join(f"{m} {table.loc[best, m]}" for m in metrics if m != key) + ".")
     return Summary(table[[c for c in table.columns if not c.startswith("_")]], text,
                    {"best": best, "task": ds.task, "metric": key})
+
+
+def baseline_predictions(ds, profile: Mapping, seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
+    """Validation and test predictions of the practitioner baselines that apply to ``ds``
+    (CatBoost on the table, with the texts as text features when there are texts; TF-IDF +
+    linear with the one-hot table; and with an ``embedding`` modality appended when the
+    dataset has one), for ``mmlib.stacking.stacked_ensemble``."""
+    from mmlib.baselines import catboost_baseline, tfidf_linear_baseline
+
+    out: dict[str, dict[str, np.ndarray]] = {}
+    has_table, has_text = "tabular_frame" in ds.meta, ds.meta.get("texts") is not None
+    if has_table:
+        res = catboost_baseline(ds, use_text=has_text, seed=seed, return_predictions=True, iterations=profile[
+            "catboost_text_iterations" if has_text else "catboost_iterations"])
+        out["catboost_tabular" + ("+text" if has_text else "")] = res["predictions"]
+    if has_text:
+        res = tfidf_linear_baseline(ds, use_tabular=has_table, seed=seed, return_predictions=True)
+        out[res["model"]] = res["predictions"]
+        for m, mod in ds.modalities.items():
+            if mod.kind == "embedding":
+                res = tfidf_linear_baseline(ds, use_tabular=has_table, extra_embeddings=m, seed=seed,
+                                            return_predictions=True)
+                out[res["model"]] = res["predictions"]
+    return out
+
+
+def token_text_dataset(dataset: str, profile: Mapping, ds) -> Any:
+    """The dataset with its text as word tokens, for the word-order comparison of notebook 10:
+    ``ds`` itself when it already has a token text modality; the loader's token variant
+    when the profile gave the text as frozen embeddings (``text_encoder``); else None."""
+    import inspect
+
+    from mmlib.data import get_loader, load_for_profile
+
+    if any(mod.kind == "text" for mod in ds.modalities.values()):
+        return ds
+    if "text_encoder" in inspect.signature(get_loader(dataset)).parameters:
+        return load_for_profile(dataset, dict(profile), text_encoder="tokens")
+    return None
+
+
+def token_text_members(dataset: str, profile: Mapping, ds, notebook: str, device: str) -> dict[str, list]:
+    """Extra networks for ``mmlib.stacking.stacked_ensemble`` when ``ds`` reads its text as
+    frozen embeddings: notebook 10's single-modality GRU and bag-of-words models on the token
+    text (``{"text_gru": [run per seed], ...}``), read back from the run cache when 10 has run
+    with the same code and profile (trained here otherwise). ``{}`` when the text is tokens."""
+    from mmlib.experiments import run_over_seeds
+
+    tok = token_text_dataset(dataset, profile, ds)
+    if tok is None or tok is ds:
+        return {}
+    out = {}
+    for m in [m for m, mod in tok.modalities.items() if mod.kind == "text"]:
+        for arch in ("gru", "bow"):
+            out[f"{m}_{arch}"] = run_over_seeds(tok, "early", [m], profile["seeds"], profile=profile, notebook=notebook,
+                                                experiment="text_encoder", model_name=f"{m}_{arch}", device=device,
+                                                model_kwargs={"encoder_archs": {m: arch}}, progress=False)
+    return out

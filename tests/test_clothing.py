@@ -299,7 +299,11 @@ def test_profile_text_encoder_name_is_accepted():
     from mmlib.data import load_for_profile
     from mmlib.profiles import get_profile
 
-    ds = load_for_profile("clothing", get_profile("smoke"), path=FIXTURE)  # smoke: n_rows 1500 > 40 rows
+    # the profiles name the text representation ("minilm" in smoke/standard, "gru" tokens in full);
+    # smoke's n_rows (800) is more than the fixture's 40 rows
+    ds = load_for_profile("clothing", get_profile("smoke"), path=FIXTURE)
+    assert ds.n == 40 and ds.modalities["text"].kind == "embedding"
+    ds = load_for_profile("clothing", get_profile("full"), path=FIXTURE)
     assert ds.n == 40 and ds.modalities["text"].kind == "text"
     with pytest.raises(MMLibError, match="unknown text_encoder"):
         load(text_encoder="bert")

@@ -1,0 +1,119 @@
+"""mmlib.stacking (late fusion of whole models) and the postmortem sections built on it:
+other targets, published figures, one record per trained run."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import make_tiny_dataset
+from mmlib.data import default_target, other_targets, published_results
+from mmlib.experiments import run_over_seeds
+from mmlib.postmortem import _published_section, _unique_runs, build_postmortem
+from mmlib.profiles import get_profile
+from mmlib.results import RecordWriter, make_record, records_to_frame
+from mmlib.stacking import apply_stack, fit_stack, stacked_ensemble
+from mmlib.utils import MMLibError
+
+
+def test_fit_stack_recovers_non_negative_weights_and_intercept():
+    rng = np.random.default_rng(0)
+    p = rng.normal(size=(500, 3))
+    y = 0.7 * p[:, 0] + 0.2 * p[:, 2] + 1.5  # model 1 useless, model 2 would need a negative weight if used
+    w, b = fit_stack(np.column_stack([p, -p[:, 0]]), y)
+    assert w.shape == (4,) and (w >= 0).all()
+    np.testing.assert_allclose(w, [0.7, 0.0, 0.2, 0.0], atol=1e-8)
+    assert b == pytest.approx(1.5, abs=1e-8)
+
+
+def test_apply_stack_clips_probabilities_for_binary_only():
+    p = np.array([[0.9, 0.8], [0.1, 0.0]])
+    w = np.array([1.0, 1.0])
+    np.testing.assert_allclose(apply_stack(p, w, 0.0, "binary"), [1.0, 0.1])
+    np.testing.assert_allclose(apply_stack(p, w, 0.0, "regression"), [1.7, 0.1])
+
+
+def test_fit_stack_rejects_mismatched_or_nan_inputs():
+    with pytest.raises(MMLibError, match="do not match"):
+        fit_stack(np.zeros((5, 2)), np.zeros(4))
+    with pytest.raises(MMLibError, match="NaN"):
+        fit_stack(np.array([[np.nan], [1.0]]), np.zeros(2))
+
+
+def test_stacked_ensemble_prefers_the_informative_member():
+    ds = make_tiny_dataset(n=400)
+    P = get_profile("smoke", epochs=3, max_batches_per_epoch=None, seeds=[0, 1])
+    writer = _memory_writer()
+    runs = {"early": run_over_seeds(ds, "early", None, P["seeds"], profile=P, notebook="40_fusion_variants",
+                                    experiment="fusion_variant", progress=False)}
+    y = ds.target.numpy()
+    noise = np.random.default_rng(0).normal(size=ds.n)  # a "baseline" that knows nothing
+    oracle = y + 0.01 * np.random.default_rng(1).normal(size=ds.n)  # one that knows nearly everything
+    base = {name: {"val": v[ds.splits["val"]], "test": v[ds.splits["test"]]} for name, v in
+            (("noise", noise), ("oracle", oracle))}
+    s = stacked_ensemble(ds, runs, P["seeds"], writer, baselines=base)
+    assert list(s.table.index) == ["early", "noise", "oracle", "stack"]
+    assert s.table.loc["oracle", "stack_weight"] > 0.9 and s.table.loc["noise", "stack_weight"] < 0.05
+    assert s.values["best_member"] == "oracle" and s.table.loc["stack", "mean"] > 0.99
+    recs = [r for r in writer.records if r["experiment"] == "stacking"]
+    assert [r["seed"] for r in recs] == [0, 1] and recs[0]["extra"]["members"] == ["early", "noise", "oracle"]
+
+
+def test_stacked_ensemble_skips_multiclass():
+    ds = make_tiny_dataset(n=200, task="multiclass")
+    assert stacked_ensemble(ds, {"a": [], "b": []}, [0], _memory_writer()) is None
+
+
+def test_dataset_registry_knows_other_targets_and_published_figures():
+    assert other_targets("clothing") == ["Recommended IND", "Rating_class"] and other_targets("spacecraft") == []
+    assert default_target("clothing") == "Rating" and default_target("spacecraft") is None
+    pubs = published_results("clothing")
+    assert {p["target"] for p in pubs} == {"Rating", "Rating_class", "Recommended IND"}
+    assert all(p["caveat"] for p in pubs) and published_results("spacecraft") == []
+
+
+def _rec(notebook, experiment, model, seed, value, metric="test_r2", condition="", modalities=("tabular", "text")):
+    return make_record(notebook=notebook, dataset="clothing", experiment=experiment, model=model, fusion="early",
+                       modalities=list(modalities), condition=condition, seed=seed, metrics={metric: value},
+                       n_params=10, train_time_s=1.0, epochs=1, device="cpu")
+
+
+def test_unique_runs_counts_a_run_recorded_by_two_notebooks_once():
+    recs = records_to_frame([_rec("20_simple_fusion", "simple_fusion", "early_fusion", s, 0.5 + s) for s in (0, 1)]
+                            + [_rec("40_fusion_variants", "fusion_variant", "early", s, 0.5 + s) for s in (0, 1)])
+    u = _unique_runs(recs)
+    assert len(u) == 2 and set(u["model"]) == {"early"}
+
+
+def test_published_section_takes_the_best_model_per_target():
+    recs = records_to_frame(
+        [_rec("10_unimodal_baselines", "tfidf", "tfidf+ridge", 0, 0.58)]
+        + [_rec("40_fusion_variants", "stacking", "stack", s, 0.60 + 0.01 * s) for s in (0, 1, 2)]
+        + [_rec("30_ablations", "subset", "early_fusion", 0, 0.99)]  # ablations are not candidates
+        + [_rec("20_simple_fusion", "other_target", "early_fusion", s, 0.93, metric="test_f1",
+                condition="target=Recommended IND") for s in (0, 1)])
+    sec = _published_section(recs, "clothing")
+    t = sec.table
+    rating = t[t["target"] == "Rating"]
+    assert len(rating) == 2 and set(rating["our model"]) == {"stack, 40_fusion_variants"}
+    assert rating["ours − published (top)"].iloc[0] == pytest.approx(0.61 - 0.654, abs=1e-9)
+    rec = t[t["target"] == "Recommended IND"].iloc[0]
+    assert rec["ours (best, test)"].startswith("0.930") and "target=Recommended IND" in rec["our model"]
+    assert t[t["target"] == "Rating_class"]["ours (best, test)"].iloc[0] == "not measured"
+
+
+def test_postmortem_of_synthetic_records_has_other_target_and_published_sections():
+    recs = records_to_frame(
+        [_rec("10_unimodal_baselines", "unimodal", "text_only", s, 0.5, modalities=("text",)) for s in (0, 1)]
+        + [_rec("20_simple_fusion", "simple_fusion", "early_fusion", s, 0.55) for s in (0, 1)]
+        + [_rec("20_simple_fusion", "other_target", "early_fusion", s, 0.9, metric="test_f1",
+                condition="target=Recommended IND") for s in (0, 1)])
+    md = build_postmortem(recs, "clothing").to_markdown()
+    assert "## Other targets" in md and "## Comparison with published results" in md
+    assert "Recommended IND" in md
+
+
+def _memory_writer() -> RecordWriter:
+    import tempfile
+
+    return RecordWriter("40_fusion_variants", "tiny", tempfile.mkdtemp())
