@@ -384,7 +384,7 @@ def _planted_section(recs, trained, col, metric) -> Section | None:
     rec_cols = [c for c in trained.columns if c == "metric_test_recovered_synergy"]
     if rec_cols:
         syn = _unique_runs(trained[trained["notebook"].isin(["20_simple_fusion", "40_fusion_variants"])
-                                   & (trained["n_modalities"] > 1) & (trained["experiment"] != "other_target")])
+                                   & trained["experiment"].isin(["simple_fusion", "fusion_variant"])])
         if len(syn):
             g = syn.groupby("model")["metric_test_recovered_synergy"].agg(["mean", "std", "count"]).sort_values("mean")
             lines.append(f"Synergy (planted share {shares.get('synergy', float('nan')):.2f}) recovered per fusion, "

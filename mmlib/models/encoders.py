@@ -189,7 +189,7 @@ class ImageCNN(nn.Module):
     ``width="small"``: seed 000's net (conv 3→8→16, BatchNorm, LeakyReLU, MaxPool, linear).
     ``width="wide"``: four conv blocks (32, 64, 96, 128 channels) + global average pool.
     Pixels are converted to float in [0, 1] and centred (roughly unit scale), in the
-    channels-last layout (about 25% faster convolutions on a CPU; the same numbers)."""
+    channels-last layout (about 25% faster convolutions on a CPU; the same model)."""
 
     WIDTHS = ("small", "strided", "wide")
 
