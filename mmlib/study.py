@@ -464,7 +464,6 @@ def other_target_experiment(dataset: str, target: str, profile: Mapping, noteboo
     seeds, plus one fit each of CatBoost (tabular + text) and TF-IDF + linear (+ tabular)
     where the dataset has raw texts. Records: experiment ``other_target``, condition ``target=<target>``.
     The summary table has mean ± std of every test metric of that task per model."""
-    from mmlib.baselines import catboost_baseline, tfidf_linear_baseline
     from mmlib.data import load_for_profile
     from mmlib.experiments import run_over_seeds
 
@@ -481,15 +480,9 @@ def other_target_experiment(dataset: str, target: str, profile: Mapping, noteboo
     if baselines and "tabular_frame" in ds.meta:
         # one fit each (seed 0): CatBoost's seed moves its score by ~0.002 here, and with text features a
         # multiclass fit on clothing takes ~85 s on a 2-core CPU
-        has_text = ds.meta.get("texts") is not None
         seed = profile["seeds"][0]
-        res = catboost_baseline(ds, use_text=has_text, seed=seed, iterations=profile[
-            "catboost_text_iterations" if has_text else "catboost_iterations"])
-        add_baseline_record(writer, res, "other_target", "catboost_tabular" + ("+text" if has_text else ""),
-                            seed, condition=cond)
-        if has_text:
-            res = tfidf_linear_baseline(ds, use_tabular=True, seed=profile["seeds"][0])
-            add_baseline_record(writer, res, "other_target", res["model"], profile["seeds"][0], condition=cond)
+        for name, res in practitioner_baselines(ds, profile, seed, with_embeddings=False).items():
+            add_baseline_record(writer, res, "other_target", name, seed, condition=cond)
     df = as_frame(writer.records[start:])
     metrics = [c[len("metric_test_"):] for c in df.columns
                if c.startswith("metric_test_") and df[c].notna().any() and "recovered" not in c]
@@ -512,28 +505,36 @@ def other_target_experiment(dataset: str, target: str, profile: Mapping, noteboo
                    {"best": best, "task": ds.task, "metric": key})
 
 
-def baseline_predictions(ds, profile: Mapping, seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
-    """Validation and test predictions of the practitioner baselines that apply to ``ds``
-    (CatBoost on the table, with the texts as text features when there are texts; TF-IDF +
-    linear with the one-hot table; and with an ``embedding`` modality appended when the
-    dataset has one), for ``mmlib.stacking.stacked_ensemble``."""
+def practitioner_baselines(ds, profile: Mapping, seed: int = 0, with_embeddings: bool = True,
+                           return_predictions: bool = False) -> dict[str, dict[str, Any]]:
+    """One fit of each practitioner baseline that applies to ``ds``, by record name: CatBoost on
+    the table (with the texts as text features when there are texts), TF-IDF + linear with the
+    one-hot table, and (``with_embeddings``) the same with each ``embedding`` modality appended.
+    Values are ``mmlib.baselines`` result dicts."""
     from mmlib.baselines import catboost_baseline, tfidf_linear_baseline
 
-    out: dict[str, dict[str, np.ndarray]] = {}
+    out: dict[str, dict[str, Any]] = {}
     has_table, has_text = "tabular_frame" in ds.meta, ds.meta.get("texts") is not None
     if has_table:
-        res = catboost_baseline(ds, use_text=has_text, seed=seed, return_predictions=True, iterations=profile[
-            "catboost_text_iterations" if has_text else "catboost_iterations"])
-        out["catboost_tabular" + ("+text" if has_text else "")] = res["predictions"]
+        out["catboost_tabular" + ("+text" if has_text else "")] = catboost_baseline(
+            ds, use_text=has_text, seed=seed, return_predictions=return_predictions,
+            iterations=profile["catboost_text_iterations" if has_text else "catboost_iterations"])
     if has_text:
-        res = tfidf_linear_baseline(ds, use_tabular=has_table, seed=seed, return_predictions=True)
-        out[res["model"]] = res["predictions"]
-        for m, mod in ds.modalities.items():
+        res = tfidf_linear_baseline(ds, use_tabular=has_table, seed=seed, return_predictions=return_predictions)
+        out[res["model"]] = res
+        for m, mod in (ds.modalities.items() if with_embeddings else ()):
             if mod.kind == "embedding":
                 res = tfidf_linear_baseline(ds, use_tabular=has_table, extra_embeddings=m, seed=seed,
-                                            return_predictions=True)
-                out[res["model"]] = res["predictions"]
+                                            return_predictions=return_predictions)
+                out[res["model"]] = res
     return out
+
+
+def baseline_predictions(ds, profile: Mapping, seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
+    """Validation and test predictions of ``practitioner_baselines``, for
+    ``mmlib.stacking.stacked_ensemble``."""
+    return {name: res["predictions"] for name, res in
+            practitioner_baselines(ds, profile, seed, return_predictions=True).items()}
 
 
 def token_text_dataset(dataset: str, profile: Mapping, ds) -> Any:
