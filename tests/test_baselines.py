@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
-from mmlib.baselines import _texts, catboost_baseline, tfidf_linear_baseline
+from mmlib.baselines import _texts, catboost_baseline, discrete_target, tfidf_linear_baseline
 from mmlib.data import load_dataset
 from mmlib.metrics import METRIC_NAMES
 from mmlib.utils import MMLibError
@@ -105,6 +106,31 @@ def test_baselines_find_a_planted_text_signal(tmp_path):
     txt = catboost_baseline(ds, use_text=True, iterations=100)
     assert tab["test"]["r2"] < 0.2  # the table is noise
     assert txt["test"]["r2"] > tab["test"]["r2"] + 0.3
+
+
+def test_rating_as_classes_predicts_an_expected_value(tmp_path):
+    ds = load(path=planted(tmp_path), min_freq=1)
+    assert discrete_target(ds)
+    res = tfidf_linear_baseline(ds, regression_as_classes=True, return_predictions=True)
+    assert res["model"] == "tfidf+logreg_ev" and res["class_values"] == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert res["alpha"] in (0.03, 0.1, 0.3, 1.0)  # its own, weaker regularisation grid
+    pred = res["predictions"]["test"]
+    # an expected value of 1..5 lies in [1, 5] and, with the rating written in the text, is close to it
+    assert pred.min() >= 1.0 and pred.max() <= 5.0
+    assert res["test"]["r2"] > 0.8
+    assert res["n_params"] == 5 * (res["n_features"] + 1)  # one weight vector + intercept per class
+
+
+def test_rating_as_classes_refuses_other_targets(tmp_path):
+    ds = load(target="Recommended IND")
+    assert not discrete_target(ds)
+    with pytest.raises(MMLibError, match="regression targets"):
+        tfidf_linear_baseline(ds, regression_as_classes=True)
+    ds = load()
+    ds.target = ds.target + torch.linspace(0, 0.5, ds.n)  # 40 distinct values: not a rating any more
+    assert not discrete_target(ds)
+    with pytest.raises(MMLibError, match="distinct"):
+        tfidf_linear_baseline(ds, regression_as_classes=True)
 
 
 def test_absent_text_becomes_empty_string():
