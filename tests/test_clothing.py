@@ -299,11 +299,13 @@ def test_profile_text_encoder_name_is_accepted():
     from mmlib.data import load_for_profile
     from mmlib.profiles import get_profile
 
-    # the profiles name the text representation ("minilm" in smoke/standard, "gru" tokens in full);
-    # smoke's n_rows (800) is more than the fixture's 40 rows
+    # the profiles name the text representation ("minilm" in smoke/standard, MiniLM word pieces to
+    # fine-tune in full); smoke's n_rows (800) is more than the fixture's 40 rows
     ds = load_for_profile("clothing", get_profile("smoke"), path=FIXTURE)
     assert ds.n == 40 and ds.modalities["text"].kind == "embedding"
     ds = load_for_profile("clothing", get_profile("full"), path=FIXTURE)
-    assert ds.n == 40 and ds.modalities["text"].kind == "text"
+    assert ds.n == 40 and ds.modalities["text"].kind == "text" and ds.modalities["text"].info["encoder_arch"] == "minilm"
+    ds = load_for_profile("clothing", get_profile("full", text_encoder="gru"), path=FIXTURE)
+    assert "encoder_arch" not in ds.modalities["text"].info  # word tokens: the GRU by default
     with pytest.raises(MMLibError, match="unknown text_encoder"):
         load(text_encoder="bert")

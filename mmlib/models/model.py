@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from mmlib.models.encoders import DEFAULT_ARCH, build_encoder
+from mmlib.models.encoders import build_encoder, default_arch
 from mmlib.models.fusion import FUSIONS
 from mmlib.utils import MMLibError
 
@@ -119,9 +119,21 @@ class MultimodalModel(nn.Module):
         groups = []
         for name, params in branches.items():
             params = [p for p in params if p.requires_grad]
+            branch = float(branch_lr.get(name, lr))
+            enc = self.encoders[name] if name in self.encoders else None
+            scale = getattr(enc, "pretrained_lr_scale", None)
+            if scale is not None:  # a pretrained part (PretrainedTextEncoder) trains at a fraction of the rate
+                slow = {id(p) for p in enc.pretrained.parameters()}
+                pre = [p for p in params if id(p) in slow]
+                params = [p for p in params if id(p) not in slow]
+                if pre and scale > 0:
+                    groups.append({"params": pre, "lr": branch * float(scale), "weight_decay": weight_decay,
+                                   "name": f"{name}.pretrained"})
+                elif pre:  # scale 0: the pretrained part stays frozen
+                    for p in pre:
+                        p.requires_grad_(False)
             if params:
-                groups.append({"params": params, "lr": float(branch_lr.get(name, lr)), "weight_decay": weight_decay,
-                               "name": name})
+                groups.append({"params": params, "lr": branch, "weight_decay": weight_decay, "name": name})
         return groups
 
 
@@ -158,7 +170,7 @@ def build_model(dataset: Any, fusion: str = "early", modalities: list[str] | tup
     if bad:
         raise MMLibError(f"Unknown option(s) {bad} for fusion {fusion!r}; it accepts {options}.")
 
-    archs = {m: encoder_archs.get(m) or DEFAULT_ARCH[dataset.modalities[m].kind] for m in modalities}
+    archs = {m: encoder_archs.get(m) or default_arch(dataset.modalities[m]) for m in modalities}
     encoders = {m: build_encoder(dataset.modalities[m], archs[m], out_dim=feat_dim, **encoder_kwargs.get(m, {}))
                 for m in modalities}
     fusion_mod = cls({m: e.out_dim for m, e in encoders.items()}, dataset.out_dim, hidden=hidden, **fusion_kwargs)
