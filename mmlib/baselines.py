@@ -261,9 +261,10 @@ def tfidf_linear_baseline(dataset: MultimodalDataset, use_tabular: bool = False,
     if not alphas or min(alphas) <= 0:
         raise MMLibError(f"tfidf_linear_baseline: alpha must be positive; got {alpha!r}.")
 
+    labels = np.searchsorted(class_values, y[tr]) if class_values is not None else None  # class index per row
+
     def fit(a: float):
-        if class_values is not None:
-            labels = np.searchsorted(class_values, y[tr])
+        if labels is not None:
             return LogisticRegression(C=1.0 / a, max_iter=3000, random_state=seed).fit(X[tr], labels)
         if dataset.task == "regression":
             return Ridge(alpha=a, random_state=seed).fit(X[tr], y[tr])

@@ -287,7 +287,7 @@ class PretrainedTextEncoder(nn.Module):
     ``clothing`` loader's ``text_encoder="minilm_finetune"``). The transformer trains at
     ``pretrained_lr_scale`` times the branch's learning rate (``MultimodalModel.param_groups``
     gives it its own optimizer group; 0.01 turns the profiles' 6e-3 into 6e-5, a usual
-    fine-tuning rate), the head at the full rate. Compute: ~22M parameters, meant for a GPU."""
+    fine-tuning rate; 0 freezes it), the head at the full rate. Compute: ~22M parameters, meant for a GPU."""
 
     def __init__(self, vocab_size: int, out_dim: int = 64, model_name: str = "all-MiniLM-L6-v2",
                  pretrained_lr_scale: float = 0.01, hidden: int = 256, dropout: float = 0.1):
@@ -301,6 +301,8 @@ class PretrainedTextEncoder(nn.Module):
                              f"vocabulary of {model_vocab}: these tokens were not made by its tokenizer (load the text "
                              "with text_encoder='minilm_finetune').")
         self.pretrained_lr_scale = float(pretrained_lr_scale)
+        if self.pretrained_lr_scale == 0:  # frozen: the optimizer never sees it, no gradients are computed for it
+            self.pretrained.requires_grad_(False)
         self.head = EmbeddingMLP(int(self.pretrained.config.hidden_size), out_dim=out_dim, hidden=hidden,
                                  dropout=dropout)
         self.out_dim = out_dim

@@ -124,14 +124,11 @@ class MultimodalModel(nn.Module):
             scale = getattr(enc, "pretrained_lr_scale", None)
             if scale is not None:  # a pretrained part (PretrainedTextEncoder) trains at a fraction of the rate
                 slow = {id(p) for p in enc.pretrained.parameters()}
-                pre = [p for p in params if id(p) in slow]
+                pre = [p for p in params if id(p) in slow]  # empty when the encoder froze it (scale 0)
                 params = [p for p in params if id(p) not in slow]
-                if pre and scale > 0:
+                if pre:
                     groups.append({"params": pre, "lr": branch * float(scale), "weight_decay": weight_decay,
                                    "name": f"{name}.pretrained"})
-                elif pre:  # scale 0: the pretrained part stays frozen
-                    for p in pre:
-                        p.requires_grad_(False)
             if params:
                 groups.append({"params": params, "lr": branch, "weight_decay": weight_decay, "name": name})
         return groups
