@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 import torch
 
-from mmlib.baselines import _texts, catboost_baseline, discrete_target, tfidf_linear_baseline
+from mmlib.models.baselines import _texts, catboost_baseline, discrete_target, tfidf_linear_baseline
 from mmlib.data import load_dataset
-from mmlib.metrics import METRIC_NAMES
+from mmlib.training.metrics import METRIC_NAMES
 from mmlib.utils import MMLibError
 
 FIXTURE = Path(__file__).parent / "fixtures" / "clothing_small.csv"

@@ -297,7 +297,7 @@ def test_real_minilm_offline(tmp_path, monkeypatch):
 @pytest.mark.filterwarnings("ignore:.*'Age'.*imputed:UserWarning")
 def test_profile_text_encoder_name_is_accepted():
     from mmlib.data import load_for_profile
-    from mmlib.profiles import get_profile
+    from mmlib.training.profiles import get_profile
 
     # the profiles name the text representation ("minilm" in smoke/standard, MiniLM word pieces to
     # fine-tune in full); smoke's n_rows (800) is more than the fixture's 40 rows

@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
-from mmlib.contrastive import (MLPTranslator, ResidualTranslator, build_two_tower, embed_pairs, embedding_pairs,
-                               fit_contrastive, has_text_and_image, modality_pairs)
+from mmlib.analysis.alignment import embed_pairs, embedding_pairs, fit_contrastive, modality_pairs
+from mmlib.models.alignment import MLPTranslator, ResidualTranslator, build_two_tower, has_text_and_image
 from mmlib.data import load_dataset
 from mmlib.models.losses import info_nce
-from mmlib.retrieval import (Searcher, group_ceiling, match_ranks, mrr, random_baseline, recall_at_k,
-                             retrieval_report, search, similarity)
+from mmlib.analysis.retrieval import (Searcher, group_ceiling, match_ranks, mrr, random_baseline, recall_at_k,
+                                      retrieval_report, search, similarity)
 from mmlib.utils import MMLibError, set_seeds
 
 
@@ -140,7 +140,7 @@ def test_two_tower_beats_random_on_tiny_spacecraft():
 
 
 def test_search_widget_builds_and_headless_is_detected(tiny_dataset):
-    from mmlib.retrieval import is_headless, search_widget
+    from mmlib.analysis.retrieval import is_headless, search_widget
 
     items = np.random.default_rng(0).normal(size=(tiny_dataset.n, 3)).astype(np.float32)
     s = Searcher(lambda texts: items[: len(texts)], items, make_default=False)
@@ -152,7 +152,7 @@ def test_search_widget_builds_and_headless_is_detected(tiny_dataset):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_two_tower_and_autoencoder_train_on_cuda_with_amp():
-    from mmlib.contrastive import image_embeddings_autoencoder
+    from mmlib.analysis.spaces import image_embeddings_autoencoder
 
     ds = load_dataset("spacecraft", n=600, seed=0)
     model = build_two_tower(ds, dim=32, feat_dim=32)

@@ -104,7 +104,7 @@ def test_replace_with_embeddings_keeps_presence(tiny_dataset):
 
 # ------------------------------------------------------- seed 002: target transforms and losses
 def test_target_scaler_roundtrip_and_log_needs_positive():
-    from mmlib.embedding_fusion import TargetScaler
+    from mmlib.analysis.embedding_fusion import TargetScaler
 
     y = np.exp(np.random.default_rng(0).normal(size=200)) * 100
     for mode in ("standard", "log"):
@@ -118,8 +118,8 @@ def test_target_scaler_roundtrip_and_log_needs_positive():
 
 
 def test_smape_loss_is_the_smape_metric_on_the_original_scale():
-    from mmlib.embedding_fusion import TargetScaler, density_weights, make_loss
-    from mmlib.metrics import compute_metrics
+    from mmlib.analysis.embedding_fusion import TargetScaler, density_weights, make_loss
+    from mmlib.training.metrics import compute_metrics
 
     g = np.random.default_rng(1)
     y = np.exp(g.normal(size=300)) * 50
@@ -137,8 +137,8 @@ def test_smape_loss_is_the_smape_metric_on_the_original_scale():
 
 
 def test_run_target_variant_scores_on_the_original_scale(tiny_dataset):
-    from mmlib.embedding_fusion import run_target_variant
-    from mmlib.profiles import get_profile
+    from mmlib.analysis.embedding_fusion import run_target_variant
+    from mmlib.training.profiles import get_profile
 
     run = run_target_variant(tiny_dataset, fusion="early", target_mode="standard", loss="huber", seed=0,
                              profile=get_profile("smoke"), experiment="t", device="cpu",

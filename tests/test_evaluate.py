@@ -1,4 +1,4 @@
-"""mmlib.evaluate: drop at inference, corruption, robustness curves and scores,
+"""mmlib.analysis.robustness: drop at inference, corruption, robustness curves and scores,
 exact Shapley values, error analysis."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 
 from conftest import make_tiny_dataset
 from mmlib.data.base import Modality, MultimodalDataset, make_splits
-from mmlib.evaluate import (
+from mmlib.analysis.robustness import (
     DROP_MODES,
     all_subsets,
     constant_metrics,
@@ -27,7 +27,7 @@ from mmlib.evaluate import (
     worst_best,
 )
 from mmlib.models import build_model
-from mmlib.train import TrainConfig, Trainer
+from mmlib.training.trainer import TrainConfig, Trainer
 from mmlib.utils import MMLibError
 
 CFG = dict(epochs=3, batch_size=32, progress=False, device="cpu", seed=0, patience=None)

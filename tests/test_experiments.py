@@ -1,4 +1,4 @@
-"""mmlib.imbalance (weaken, remedies, contribution table) and mmlib.experiments
+"""mmlib.analysis.imbalance (weaken, remedies, contribution table) and mmlib.training.experiments
 (run_fusion records, reproducibility, summary tables)."""
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from conftest import make_tiny_dataset
-from mmlib.experiments import run_fusion, run_over_seeds, summary_table, train_config_from_profile
-from mmlib.imbalance import REMEDIES, contribution_table, weaken
+from mmlib.training.experiments import run_fusion, run_over_seeds, summary_table, train_config_from_profile
+from mmlib.analysis.imbalance import REMEDIES, contribution_table, weaken
 from mmlib.models import build_model
-from mmlib.results import RECORD_FIELDS, RecordWriter
-from mmlib.train import TrainConfig
+from mmlib.reporting.records import RECORD_FIELDS, RecordWriter
+from mmlib.training.trainer import TrainConfig
 from mmlib.utils import MMLibError
 
 PROFILE = {"seeds": [0], "epochs": 2, "patience": None, "batch_size": 64, "max_batches_per_epoch": None}

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from mmlib.data import load_dataset
 from mmlib.data.sentence import encode_texts, wordpiece_ids
 from mmlib.models import PretrainedTextEncoder, build_encoder, build_model
-from mmlib.train import Trainer, TrainConfig
+from mmlib.training.trainer import Trainer, TrainConfig
 from mmlib.utils import MMLibError
 
 FIXTURE = Path(__file__).parent / "fixtures" / "clothing_small.csv"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mmlib.config import NOTEBOOKS_DIR
-from mmlib.reports import main as run_reports
+from mmlib.reporting.runner import main as run_reports
 
 NOTEBOOKS = sorted(p.stem for p in NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
 DATASETS = os.environ.get("MMLIB_SMOKE_DATASETS", "spacecraft clothing").split()

@@ -35,14 +35,14 @@ import torch
 from PIL import Image
 
 from conftest import make_tiny_dataset
-from mmlib import reports
+from mmlib.reporting import runner as reports
 from mmlib.data import load_dataset
 from mmlib.data.embeddings import save_embeddings
 from mmlib.data.spacecraft import generate, write_folder
 from mmlib.data.tabular import TabularEncoder
-from mmlib.experiments import run_fusion
+from mmlib.training.experiments import run_fusion
 from mmlib.models import FUSIONS, build_model
-from mmlib.train import Trainer, TrainConfig
+from mmlib.training.trainer import Trainer, TrainConfig
 from mmlib.utils import MMLibError, atomic_write_bytes, set_seeds
 
 ROOT = Path(__file__).resolve().parent.parent

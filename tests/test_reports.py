@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from mmlib.profiles import PROFILE_KEYS, PROFILES, get_profile
-from mmlib.reports import LOCK_NAME, RunLock, main, parse_param, _pid_alive
-from mmlib.results import (RecordWriter, experiments_markdown, fmt_mean_std, load_records, make_record,
+from mmlib.training.profiles import PROFILE_KEYS, PROFILES, get_profile
+from mmlib.reporting.runner import LOCK_NAME, RunLock, main, parse_param, _pid_alive
+from mmlib.reporting.records import (RecordWriter, experiments_markdown, fmt_mean_std, load_records, make_record,
                            read_records_file, summarize)
 from mmlib.utils import MMLibError
 

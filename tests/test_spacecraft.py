@@ -158,7 +158,7 @@ def test_planted_recovery_is_exact_for_bayes_optimal_predictors():
     exactly 0 for one it cannot see, on a finite test split (no chance correlation between parts)."""
     import math
 
-    from mmlib.planted import planted_recovery
+    from mmlib.analysis.planted import planted_recovery
 
     ds = load_dataset("spacecraft", n_rows=1500)
     rows = ds.splits["test"]

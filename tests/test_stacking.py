@@ -1,4 +1,4 @@
-"""mmlib.stacking (late fusion of whole models) and the postmortem sections built on it:
+"""mmlib.analysis.stacking (late fusion of whole models) and the postmortem sections built on it:
 other targets, published figures, one record per trained run."""
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import pytest
 
 from conftest import make_tiny_dataset
 from mmlib.data import default_target, other_targets, published_results
-from mmlib.experiments import run_over_seeds
-from mmlib.postmortem import _published_section, _unique_runs, build_postmortem
-from mmlib.profiles import get_profile
-from mmlib.results import RecordWriter, make_record, records_to_frame
-from mmlib.stacking import apply_stack, fit_stack, stacked_ensemble
+from mmlib.training.experiments import run_over_seeds
+from mmlib.analysis.postmortem import _published_section, _unique_runs, build_postmortem
+from mmlib.training.profiles import get_profile
+from mmlib.reporting.records import RecordWriter, make_record, records_to_frame
+from mmlib.analysis.stacking import apply_stack, fit_stack, stacked_ensemble
 from mmlib.utils import MMLibError
 
 

@@ -11,9 +11,9 @@ import torch.nn as nn
 from sklearn import metrics as skm
 
 from conftest import make_tiny_dataset
-from mmlib.metrics import MetricWarning, compute_metrics, primary_metric
+from mmlib.training.metrics import MetricWarning, compute_metrics, primary_metric
 from mmlib.models import build_model
-from mmlib.train import FitResult, Trainer, TrainConfig, fit_model
+from mmlib.training.trainer import FitResult, Trainer, TrainConfig, fit_model
 from mmlib.utils import MMLibError, set_seeds
 
 SMALL = {"hidden": 16, "feat_dim": 16}
@@ -328,7 +328,7 @@ def test_a_model_with_only_the_forward_contract_trains(ds):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("amp", ["auto", "fp16", "off"])
 def test_cuda_run_with_amp_ogm_and_checkpoint(ds, tmp_path, amp):
-    from mmlib.train import dataset_on_device
+    from mmlib.training.trainer import dataset_on_device
 
     mods = ("tabular", "text", "image")
     kw = dict(epochs=3, batch_size=32, progress=False, device="cuda", amp=amp, aux_weight=0.3, ogm_alpha=0.5,

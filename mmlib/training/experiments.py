@@ -20,10 +20,10 @@ import pandas as pd
 
 from mmlib.data.base import MultimodalDataset
 from mmlib.models import MultimodalModel, build_model
-from mmlib.planted import has_planted_structure, planted_recovery
-from mmlib.results import RecordWriter, make_record, records_to_frame
-from mmlib import runcache
-from mmlib.train import FitResult, TrainConfig, Trainer
+from mmlib.analysis.planted import has_planted_structure, planted_recovery
+from mmlib.reporting.records import RecordWriter, make_record, records_to_frame
+from mmlib.training import runcache
+from mmlib.training.trainer import FitResult, TrainConfig, Trainer
 from mmlib.utils import MMLibError, set_seeds
 
 # profile key -> TrainConfig field it sets
@@ -82,7 +82,7 @@ def run_fusion(dataset: MultimodalDataset, fusion: str, modalities: Sequence[str
     - Metrics are computed on ``train`` (for the overfitting gap) and on every split in
       ``evaluate_splits``, prefixed by the split (``train_r2``, ``val_r2``, ``test_r2``).
       On a dataset with planted structure the record also carries
-      ``test_recovered_<part>`` (``mmlib.planted``).
+      ``test_recovered_<part>`` (``mmlib.analysis.planted``).
     - The record (``model`` = ``model_name`` or ``default_model_name``, modalities
       sorted, total parameters, train time, epochs run, device) is added to ``writer``
       if one is given, and returned in ``RunResult.record`` either way.

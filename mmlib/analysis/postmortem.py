@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from mmlib.evaluate import shapley_values
-from mmlib.results import fmt_mean_std
+from mmlib.analysis.robustness import shapley_values
+from mmlib.reporting.records import fmt_mean_std
 
 QUESTIONS = (
     "Did multimodal fusion meaningfully outperform unimodal models?",

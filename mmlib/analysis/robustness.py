@@ -1,7 +1,7 @@
 """Evaluation beyond one score: modality ablation at inference, noise, robustness
 curves, modality attribution (exact Shapley values) and error analysis.
 
-Everything here works on a trained ``mmlib.train.Trainer`` through its two
+Everything here works on a trained ``mmlib.training.trainer.Trainer`` through its two
 inference hooks, so no model is modified:
 
 - ``present_override={modality: False}`` flags a modality absent for every row:
@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mmlib.metrics import compute_metrics, primary_metric
+from mmlib.training.metrics import compute_metrics, primary_metric
 from mmlib.utils import MMLibError
 
 DROP_MODES = ("mask", "zero", "mean")
@@ -41,7 +41,7 @@ def _trainer_dataset(trainer: Any):
         ds = getattr(trainer, attr, None)
         if ds is not None and hasattr(ds, "modalities"):
             return ds
-    raise MMLibError(f"{type(trainer).__name__} holds no dataset (`data`); pass an mmlib.train.Trainer.")
+    raise MMLibError(f"{type(trainer).__name__} holds no dataset (`data`); pass an mmlib.training.trainer.Trainer.")
 
 
 def _trainer_modalities(trainer: Any) -> list[str]:

@@ -16,7 +16,7 @@ Rows where a modality is absent in the dataset's presence mask are hidden from
 the baseline too (missing table values / an empty text), so a baseline never
 sees what a fusion model is denied. Missing texts become "" (these are baselines).
 Both return ``{"val": metrics, "test": metrics, "train_time_s", "model",
-"modalities", "n_params", ...}`` with metrics from ``mmlib.metrics.compute_metrics``.
+"modalities", "n_params", ...}`` with metrics from ``mmlib.training.metrics.compute_metrics``.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from mmlib.data.base import MultimodalDataset
-from mmlib.metrics import compute_metrics, primary_metric
+from mmlib.training.metrics import compute_metrics, primary_metric
 from mmlib.utils import MMLibError
 
 MISSING_CATEGORY = "<missing>"

@@ -7,7 +7,7 @@ untouched) where one modality is weaker:
 - ``"fewer_rows"``: the modality is removed from a fraction ``level`` of the
   *training* rows (validation and test untouched): less data to learn it from;
 - ``"corrupt"``: its features are corrupted at ``level`` in every split, once, with
-  ``mmlib.evaluate.corrupt_batch`` semantics: a noisier signal;
+  ``mmlib.analysis.robustness.corrupt_batch`` semantics: a noisier signal;
 - ``"truncate"`` (text only): each text keeps only its first round((1 − level)·L)
   tokens (L its own length): the signal at the end of the sentence is lost.
 
@@ -29,7 +29,7 @@ import pandas as pd
 import torch
 
 from mmlib.data.base import Modality, MultimodalDataset
-from mmlib.evaluate import corrupt_batch, corruption_stats
+from mmlib.analysis.robustness import corrupt_batch, corruption_stats
 from mmlib.utils import MMLibError
 
 WEAKEN_HOWS = ("fewer_rows", "corrupt", "truncate")

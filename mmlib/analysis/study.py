@@ -8,7 +8,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from mmlib.results import RecordWriter, fmt_mean_std, records_to_frame
+from mmlib.reporting.records import RecordWriter, fmt_mean_std, records_to_frame
 
 
 @dataclass
@@ -143,7 +143,7 @@ def recovery_summary(records, shares: Mapping[str, float] | None) -> Summary | N
 # ------------------------------------------------------------------ 30 ablations
 def all_subsets(mods: Sequence[str]) -> list[tuple[str, ...]]:
     """Every non-empty subset of modalities as a sorted tuple, smallest first."""
-    from mmlib.evaluate import all_subsets as _all
+    from mmlib.analysis.robustness import all_subsets as _all
 
     return [tuple(sorted(s)) for s in _all(list(mods)) if s]
 
@@ -157,7 +157,7 @@ def drop_ablation(full_runs, subset_runs: Mapping[tuple, list], metric: str, wri
                   modes: Sequence[str] = ("mask", "zero", "mean")) -> Summary:
     """Per modality: the fall in test metric when retraining without it and when dropping
     it at inference (each mode), over seeds; records every evaluation."""
-    from mmlib.evaluate import drop_modality
+    from mmlib.analysis.robustness import drop_modality
 
     mods = sorted(full_runs[0].record["modalities"])
     full_key = tuple(mods)
@@ -209,7 +209,7 @@ def _with_long(s: Summary, long: pd.DataFrame) -> Summary:
 def noise_ablation(runs_by_model: Mapping[str, list], levels: Sequence[float], metric: str,
                    writer: RecordWriter, reference: str = "late_fusion") -> Summary:
     """Robustness curves per model × modality × seed, plus relative / effective robustness."""
-    from mmlib.evaluate import effective_robustness, relative_robustness, robustness_curve
+    from mmlib.analysis.robustness import effective_robustness, relative_robustness, robustness_curve
 
     rows = []
     for model, runs in runs_by_model.items():
@@ -255,7 +255,7 @@ def shapley_ablation(full_runs, subset_runs: Mapping[tuple, list], metric: str, 
                      shares: Mapping[str, float] | None = None, ceilings: Mapping[str, float] | None = None) -> Summary:
     """Exact Shapley values over modalities by masking (the full model) and by retraining
     (a model per subset), per seed; on spacecraft also the planted split."""
-    from mmlib.evaluate import constant_metrics, shapley_values, subset_values_by_masking
+    from mmlib.analysis.robustness import constant_metrics, shapley_values, subset_values_by_masking
 
     mods = sorted(full_runs[0].record["modalities"])
     rows = []
@@ -353,7 +353,7 @@ def modality_weights(runs: Mapping[str, Any], split: str = "test", batch_size: i
 def pick_weak_modality(ds, weak: str, records_dir, metric: str) -> str:
     """``weak`` itself, or for ``"auto"`` the strongest single modality in 10's published
     records (falling back to the largest single-modality ceiling, then the first modality)."""
-    from mmlib.results import load_records
+    from mmlib.reporting.records import load_records
     from mmlib.utils import MMLibError
 
     if weak != "auto":
@@ -393,9 +393,9 @@ def imbalance_experiment(ds, conditions: list[dict], remedies: Mapping[str, tupl
     """Train every (condition, remedy) over the profile's seeds (plus the clean model
     with no remedy); record test score, score with the weakened modality masked and
     with only it present; classify adapt / collapse / degrade."""
-    from mmlib.evaluate import drop_modality
-    from mmlib.experiments import run_fusion
-    from mmlib.imbalance import contribution_table, weaken
+    from mmlib.analysis.robustness import drop_modality
+    from mmlib.training.experiments import run_fusion
+    from mmlib.analysis.imbalance import contribution_table, weaken
 
     mods = ds.modality_names
     rows, contributions = [], {}
@@ -465,7 +465,7 @@ def other_target_experiment(dataset: str, target: str, profile: Mapping, noteboo
     where the dataset has raw texts. Records: experiment ``other_target``, condition ``target=<target>``.
     The summary table has mean ± std of every test metric of that task per model."""
     from mmlib.data import load_for_profile
-    from mmlib.experiments import run_over_seeds
+    from mmlib.training.experiments import run_over_seeds
 
     ds = load_for_profile(dataset, dict(profile), target=target)
     cond = f"target={target}"
@@ -494,7 +494,7 @@ def other_target_experiment(dataset: str, target: str, profile: Mapping, noteboo
             row[f"_{m}"] = g[f"metric_test_{m}"].mean()
         rows.append(row)
     table = pd.DataFrame(rows).set_index("model")
-    from mmlib.metrics import primary_metric
+    from mmlib.training.metrics import primary_metric
     key, higher = primary_metric(ds.task)
     order = table[f"_{key}"].sort_values(ascending=not higher).index
     table = table.loc[order]
@@ -513,8 +513,8 @@ def practitioner_baselines(ds, profile: Mapping, seed: int = 0, with_embeddings:
     for a regression target with a few integer values (a star rating) also TF-IDF + multinomial
     logistic regression predicting the expected value (text only: with the one-hot table, whose
     ~1,000 Clothing IDs a weakly regularised logistic regression over-fits, it scored test R²
-    0.604 against 0.624 on clothing). Values are ``mmlib.baselines`` result dicts."""
-    from mmlib.baselines import catboost_baseline, discrete_target, tfidf_linear_baseline
+    0.604 against 0.624 on clothing). Values are ``mmlib.models.baselines`` result dicts."""
+    from mmlib.models.baselines import catboost_baseline, discrete_target, tfidf_linear_baseline
 
     out: dict[str, dict[str, Any]] = {}
     has_table, has_text = "tabular_frame" in ds.meta, ds.meta.get("texts") is not None
@@ -538,7 +538,7 @@ def practitioner_baselines(ds, profile: Mapping, seed: int = 0, with_embeddings:
 
 def baseline_predictions(ds, profile: Mapping, seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
     """Validation and test predictions of ``practitioner_baselines``, for
-    ``mmlib.stacking.stacked_ensemble``."""
+    ``mmlib.analysis.stacking.stacked_ensemble``."""
     return {name: res["predictions"] for name, res in
             practitioner_baselines(ds, profile, seed, return_predictions=True).items()}
 
@@ -559,11 +559,11 @@ def token_text_dataset(dataset: str, profile: Mapping, ds) -> Any:
 
 
 def token_text_members(dataset: str, profile: Mapping, ds, notebook: str, device: str) -> dict[str, list]:
-    """Extra networks for ``mmlib.stacking.stacked_ensemble`` when ``ds`` reads its text as
+    """Extra networks for ``mmlib.analysis.stacking.stacked_ensemble`` when ``ds`` reads its text as
     frozen embeddings: notebook 10's single-modality GRU and bag-of-words models on the token
     text (``{"text_gru": [run per seed], ...}``), read back from the run cache when 10 has run
     with the same code and profile (trained here otherwise). ``{}`` when the text is tokens."""
-    from mmlib.experiments import run_over_seeds
+    from mmlib.training.experiments import run_over_seeds
 
     tok = token_text_dataset(dataset, profile, ds)
     if tok is None or tok is ds:

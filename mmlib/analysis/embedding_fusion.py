@@ -7,11 +7,11 @@ experts; log-price targets and a weighted SMAPE loss; error analysis by price bi
 
 Here the branches are the ``EmbeddingMLP`` encoders and the fusions of
 ``mmlib.models`` (``early`` = the two-branch concatenation, ``attention``, ``moe``
-with three experts), trained by ``mmlib.train.Trainer``. What this module adds:
+with three experts), trained by ``mmlib.training.trainer.Trainer``. What this module adds:
 
 * ``frozen_fusion_dataset``: the two frozen branches for a dataset. Text always gets
   MiniLM sentence embeddings; the second branch is the autoencoder image embedding
-  (``mmlib.contrastive``) when there are images, else the tabular modality.
+  (``mmlib.analysis.alignment``) when there are images, else the tabular modality.
   ``spacecraft`` is loaded with its positive, right-skewed ``cost`` target.
 * ``TargetScaler``: the target transform, ``standard`` (z-score) or ``log`` (log,
   then z-score), with its exact inverse.
@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 
 from mmlib.data.base import MultimodalDataset
-from mmlib.metrics import compute_metrics
+from mmlib.training.metrics import compute_metrics
 from mmlib.models import build_model
 from mmlib.models.losses import get_loss
 from mmlib.utils import MMLibError, set_seeds
@@ -46,17 +46,12 @@ POSITIVE_TARGET_OPTIONS: dict[str, dict[str, Any]] = {"spacecraft": {"task": "co
 
 
 # --------------------------------------------------------------------------- data
-def frozen_fusion_dataset(name: str, profile: Mapping[str, Any], device: str = "auto", progress: bool = False,
-                          **overrides: Any) -> tuple[MultimodalDataset, dict[str, Any]]:
-    """The dataset ``name`` with two frozen embedding branches (see the module docstring).
-
-    Returns the dataset (its modalities are the two branches) and a dict describing
-    them (``branches``, ``text_method``, ``image_method``, ``load_options``)."""
+def load_source(name: str, profile: Mapping[str, Any], **overrides: Any) -> MultimodalDataset:
+    """Load the registered dataset ``name`` for this study: a positive, skewed target where the
+    loader offers one (seed 002's setting) and the loader's own frozen MiniLM text when it has one."""
     import inspect
 
-    from mmlib import contrastive
     from mmlib.data import get_loader, load_for_profile
-    from mmlib.data.embeddings import replace_with_embeddings
 
     accepted = inspect.signature(get_loader(name)).parameters
     options = dict(POSITIVE_TARGET_OPTIONS.get(name, {}))
@@ -64,15 +59,31 @@ def frozen_fusion_dataset(name: str, profile: Mapping[str, Any], device: str = "
         options["text_encoder"] = "minilm"  # the loader's own frozen MiniLM text modality
     options.update(overrides)
     ds = load_for_profile(name, profile, **options)
+    ds.meta = {**ds.meta, "load_options": options}
+    return ds
+
+
+def frozen_fusion_dataset(ds: MultimodalDataset, profile: Mapping[str, Any], device: str = "auto",
+                          progress: bool = False) -> tuple[MultimodalDataset, dict[str, Any]]:
+    """``ds`` with two frozen embedding branches (see the module docstring); any
+    ``MultimodalDataset`` works, e.g. one from ``load_source`` or built in memory.
+
+    Returns the dataset (its modalities are the two branches) and a dict describing
+    them (``branches``, ``text_method``, ``image_method``, ``load_options``)."""
+    from mmlib.analysis import spaces
+    from mmlib.data.embeddings import replace_with_embeddings
+
+    name = ds.name
+    options = dict(ds.meta.get("load_options", {}))
     info: dict[str, Any] = {"load_options": options, "text_method": None, "image_method": None}
     replace: dict[str, np.ndarray] = {}
     for m, mod in ds.modalities.items():
         if mod.kind == "text":
-            emb = contrastive.text_embeddings(ds, method="auto", modality=m, progress=progress)
+            emb = spaces.text_embeddings(ds, method="auto", modality=m, progress=progress)
             replace[m] = emb.x
             info["text_method"] = emb.method
         elif mod.kind == "image":
-            emb = contrastive.autoencoder_for_profile(ds, profile, device=device, progress=progress)
+            emb = spaces.autoencoder_for_profile(ds, profile, device=device, progress=progress)
             replace[m] = emb.x
             info["image_method"] = "autoencoder"
     if any(mod.kind == "embedding" for m, mod in ds.modalities.items() if m not in replace):
@@ -220,9 +231,9 @@ def run_target_variant(dataset: MultimodalDataset, *, fusion: str, target_mode: 
     trained with ``loss``; early stopping follows the validation R² of the transformed
     target. Metrics (train / val / test) are computed after mapping predictions back to the
     original scale. The record's condition is ``"target=<mode>,loss=<loss>"``."""
-    from mmlib.experiments import train_config_from_profile
-    from mmlib.results import make_record
-    from mmlib.train import Trainer
+    from mmlib.training.experiments import train_config_from_profile
+    from mmlib.reporting.records import make_record
+    from mmlib.training.trainer import Trainer
 
     train_rows = np.asarray(dataset.splits["train"])
     y = dataset.target.detach().cpu().numpy().astype(np.float64)

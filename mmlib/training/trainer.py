@@ -1,7 +1,7 @@
 """Training: one ``Trainer`` for every model in the lab.
 
 ``Trainer(model, dataset, TrainConfig(...)).fit()`` trains on the dataset's train
-split, early-stops on the validation primary metric (``mmlib.metrics.primary_metric``)
+split, early-stops on the validation primary metric (``mmlib.training.metrics.primary_metric``)
 and leaves the model with its best weights. It handles the device (``auto``: cuda,
 mps, cpu; the dataset is moved there once and batched by tensor indexing), mixed
 precision on CUDA (bf16, else fp16 with a GradScaler), per-branch learning rates
@@ -38,7 +38,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from mmlib.data.base import Modality
-from mmlib.metrics import compute_metrics, primary_metric
+from mmlib.training.metrics import compute_metrics, primary_metric
 from mmlib.models.losses import get_loss, predict_from_output
 from mmlib.utils import MMLibError, atomic_write_bytes, resolve_device, set_seeds
 

@@ -176,7 +176,7 @@ class Searcher:
 
     ``item_index`` maps item positions to dataset rows (shown in the ``item`` column);
     ``item_labels`` (e.g. the items' own captions) are shown in a ``label`` column.
-    The last Searcher built becomes the default of ``mmlib.retrieval.search``.
+    The last Searcher built becomes the default of ``mmlib.analysis.retrieval.search``.
     """
 
     def __init__(self, model: Any, items: Any, vocab: Any = None, max_len: int | None = None,
@@ -304,7 +304,7 @@ def search(query_text: str, k: int = 5, searcher: Searcher | None = None) -> pd.
     """Top-``k`` items for ``query_text`` with ``searcher`` (default: the last Searcher built)."""
     s = searcher or _DEFAULT_SEARCHER
     if s is None:
-        raise MMLibError("mmlib.retrieval.search: no searcher yet; build one with Searcher(...) or "
+        raise MMLibError("mmlib.analysis.retrieval.search: no searcher yet; build one with Searcher(...) or "
                          "Searcher.from_dataset(model, dataset) first.")
     return s.search(query_text, k)
 
@@ -384,7 +384,7 @@ def is_headless() -> bool:
         return True
     if ip is None or getattr(ip, "kernel", None) is None:
         return True  # plain python / terminal IPython: no widget frontend
-    markers = ("papermill", "nbconvert", "nbclient", "mmlib.reports", "mmlib/reports", "pytest")
+    markers = ("papermill", "nbconvert", "nbclient", "mmlib.reports", "mmlib/reporting", "pytest")
     pid = os.getppid()
     for _ in range(3):  # the kernel's parent (and grandparents): who started it?
         try:

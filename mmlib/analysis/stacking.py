@@ -23,8 +23,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from mmlib.metrics import compute_metrics, primary_metric
-from mmlib.results import RecordWriter, fmt_mean_std
+from mmlib.training.metrics import compute_metrics, primary_metric
+from mmlib.reporting.records import RecordWriter, fmt_mean_std
 from mmlib.utils import MMLibError
 
 
@@ -58,10 +58,10 @@ def stacked_ensemble(dataset: Any, members: Mapping[str, Sequence[Any]], seeds: 
     (``{name: {"val": pred, "test": pred}}``, the same for every seed).
 
     Writes one record per seed (model ``stack``, the weights in ``extra``) and returns a
-    ``mmlib.study.Summary`` whose table holds, per member and for the stack, the test
+    ``mmlib.analysis.study.Summary`` whose table holds, per member and for the stack, the test
     metric (mean ± std over seeds) and the mean stacking weight; None for a multiclass task.
     """
-    from mmlib.study import Summary
+    from mmlib.analysis.study import Summary
 
     task = dataset.task
     if task == "multiclass":

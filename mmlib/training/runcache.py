@@ -33,12 +33,11 @@ def enabled() -> bool:
 
 @lru_cache(maxsize=1)
 def code_version() -> str:
-    root = Path(__file__).resolve().parent
+    root = Path(__file__).resolve().parent.parent  # the mmlib package
     h = hashlib.sha1()
     # the code a trained run depends on; editing reports, plots or prose leaves the cache valid
-    files = [*root.glob("data/*.py"), *root.glob("models/*.py"),
-             *(root / f for f in ("train.py", "experiments.py", "evaluate.py", "imbalance.py", "planted.py",
-                                  "metrics.py", "utils.py", "profiles.py"))]
+    files = [*root.glob("data/*.py"), *root.glob("models/*.py"), *root.glob("training/*.py"),
+             *(root / "analysis" / f for f in ("robustness.py", "imbalance.py", "planted.py")), root / "utils.py"]
     for p in sorted(files):
         h.update(p.relative_to(root).as_posix().encode())
         h.update(p.read_bytes())
