@@ -1,5 +1,5 @@
-"""mmlib.analysis.robustness: drop at inference, corruption, robustness curves and scores,
-exact Shapley values, error analysis."""
+"""mmlib.analysis.robustness (drop at inference, corruption, robustness curves and scores),
+mmlib.analysis.attribution (exact Shapley values) and mmlib.analysis.errors (error analysis)."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,23 +9,11 @@ import torch
 
 from conftest import make_tiny_dataset
 from mmlib.data.base import Modality, MultimodalDataset, make_splits
-from mmlib.analysis.robustness import (
-    DROP_MODES,
-    all_subsets,
-    constant_metrics,
-    corrupt_batch,
-    corruption_stats,
-    drop_modality,
-    effective_robustness,
-    error_by_bins,
-    imputation_values,
-    relative_robustness,
-    robustness_curve,
-    shapley_table,
-    shapley_values,
-    subset_values_by_masking,
-    worst_best,
-)
+from mmlib.analysis.attribution import (all_subsets, constant_metrics, shapley_table, shapley_values,
+                                        subset_values_by_masking)
+from mmlib.analysis.errors import error_by_bins, worst_best
+from mmlib.analysis.robustness import (DROP_MODES, corrupt_batch, corruption_stats, drop_modality, effective_robustness,
+                                       imputation_values, relative_robustness, robustness_curve)
 from mmlib.models import build_model
 from mmlib.training.trainer import TrainConfig, Trainer
 from mmlib.utils import MMLibError

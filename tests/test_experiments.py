@@ -103,13 +103,13 @@ def test_remedies_configure_model_and_trainer(ds):
 
 def test_contribution_table_from_history():
     hist = pd.DataFrame({"epoch": [1, 2], "val_r2": [0.5, 0.7], "val_r2_without_text": [0.4, 0.3],
-                         "val_r2_without_image_raw": [0.5, 0.6], "val_r2_only_text": [0.1, 0.2],
+                         "val_r2_without_image_raw": [0.5, 0.6], "val_r2_head_text": [0.1, 0.2],
                          "ogm_coef_text": [0.9, 0.8], "train_loss": [1.0, 0.5]})
     t = contribution_table(hist)
     assert list(t.columns) == ["epoch", "modality", "quantity", "value"] and t.attrs["metric"] == "r2"
     contrib = t[(t.quantity == "contribution") & (t.modality == "text")]
     assert contrib["value"].tolist() == pytest.approx([0.1, 0.4])
-    assert set(t.quantity) == {"without", "contribution", "only", "ogm_coef"}
+    assert set(t.quantity) == {"without", "contribution", "head", "ogm_coef"}
     assert set(t.modality) == {"text", "image_raw"}
     roc = pd.DataFrame({"epoch": [1], "val_roc_auc": [0.8], "val_roc_auc_without_tab": [0.6]})
     t = contribution_table(roc)
@@ -153,7 +153,7 @@ def test_run_over_seeds_with_tracking_and_remedy(ds):
     assert runs[0].record["model"] == "late_ogm" and runs[0].record["modalities"] == ["tabular", "text"]
     assert runs[0].record["metrics"] != runs[1].record["metrics"]
     t = contribution_table(runs[0].fit)
-    assert {"without", "contribution", "only", "ogm_coef"} <= set(t.quantity)
+    assert {"without", "contribution", "head", "ogm_coef"} <= set(t.quantity)
     assert set(t.modality) == {"tabular", "text"} and set(t.epoch) == {1, 2}
     with pytest.raises(MMLibError, match="own argument"):
         run_fusion(ds, "early", ["text"], seed=0, model_kwargs={"fusion": "late"}, **RUN)

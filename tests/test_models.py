@@ -19,11 +19,11 @@ from mmlib.models import (
     build_model,
     build_model_from_config,
     cosine_loss,
-    get_loss,
     info_nce,
-    predict_from_output,
-    smape,
 )
+from mmlib.training.metrics import smape_percent as smape
+from mmlib.training.tasks import get_task
+
 from mmlib.utils import MMLibError, set_seeds
 
 DIMS = {"a": 5, "b": 7, "c": 3}
@@ -210,8 +210,8 @@ def test_build_model_forward_backward_every_fusion(name, tiny_dataset):
     assert set(out["unimodal"]) == {"tabular", "text", "image"}
     for m, f in out["features"].items():  # absent rows carry zero features
         assert (f[~batch["present"][m]] == 0).all()
-    loss = get_loss("regression")(out["pred"], batch["y"])
-    loss = loss + sum(get_loss("regression")(u, batch["y"]) for u in out["unimodal"].values())
+    loss = get_task("regression").loss()(out["pred"], batch["y"])
+    loss = loss + sum(get_task("regression").loss()(u, batch["y"]) for u in out["unimodal"].values())
     loss.backward()
     for branch, params in model.branch_parameters().items():
         grads = [p.grad for p in params if p.grad is not None]
@@ -316,8 +316,8 @@ def test_classification_output_width(tiny_classification):
     batch = tiny_classification.batch(torch.arange(16))
     out = model(batch["inputs"], batch["present"])
     assert out["pred"].shape == (16, 3) and out["gates"].shape == (16, 3)
-    get_loss("multiclass")(out["pred"], batch["y"]).backward()
-    probs = predict_from_output("multiclass", out["pred"])
+    get_task("multiclass").loss()(out["pred"], batch["y"]).backward()
+    probs = get_task("multiclass").predict(out["pred"])
     torch.testing.assert_close(probs.sum(dim=1), torch.ones(16))
 
 
@@ -325,22 +325,22 @@ def test_classification_output_width(tiny_classification):
 def test_losses():
     pred = torch.tensor([[1.0], [2.0], [4.0]])
     y = torch.tensor([1.0, 3.0, 2.0])
-    assert get_loss("regression")(pred, y).item() == pytest.approx((0 + 1 + 4) / 3)
-    assert get_loss("regression", "huber")(pred, y).item() == pytest.approx((0 + 0.5 + 1.5) / 3)
+    assert get_task("regression").loss()(pred, y).item() == pytest.approx((0 + 1 + 4) / 3)
+    assert get_task("regression").loss("huber")(pred, y).item() == pytest.approx((0 + 0.5 + 1.5) / 3)
     per = [0.0, 2 / 5, 4 / 6]
-    assert get_loss("regression", "smape")(pred, y).item() == pytest.approx(sum(per) / 3, rel=1e-4)
+    assert get_task("regression").loss("smape")(pred, y).item() == pytest.approx(sum(per) / 3, rel=1e-4)
     w = torch.tensor([0.0, 1.0, 3.0])
-    assert get_loss("regression", "smape")(pred, y, w).item() == pytest.approx((per[1] + 3 * per[2]) / 4, rel=1e-4)
+    assert get_task("regression").loss("smape")(pred, y, w).item() == pytest.approx((per[1] + 3 * per[2]) / 4, rel=1e-4)
     assert smape(pred, y) == pytest.approx(100 * sum(per) / 3, rel=1e-6)
     assert smape([0.0, 1.0], [0.0, 1.0]) == 0.0
     logits = torch.tensor([[2.0], [-1.0]])
-    bce = get_loss("binary")(logits, torch.tensor([1, 0]))
+    bce = get_task("binary").loss()(logits, torch.tensor([1, 0]))
     assert bce.item() == pytest.approx(torch.nn.functional.softplus(torch.tensor([-2.0, -1.0])).mean().item())
-    torch.testing.assert_close(predict_from_output("binary", logits), torch.sigmoid(logits[:, 0]))
+    torch.testing.assert_close(get_task("binary").predict(logits), torch.sigmoid(logits[:, 0]))
     with pytest.raises(MMLibError, match="bce"):
-        get_loss("binary", "mse")
+        get_task("binary").loss("mse")
     with pytest.raises(MMLibError):
-        get_loss("ranking")
+        get_task("ranking").loss()
 
 
 def test_info_nce_prefers_matched_pairs_and_cosine_loss():
@@ -361,7 +361,7 @@ def test_every_fusion_learns_on_the_tiny_dataset(name, tiny_dataset):
     set_seeds(0)
     model = build_model(ds, fusion=name, hidden=32, feat_dim=32)
     opt = torch.optim.Adam(model.param_groups(3e-3))
-    loss_fn = get_loss("regression")
+    loss_fn = get_task("regression").loss()
     train, val = ds.batch(ds.splits["train"]), ds.batch(ds.splits["val"])
     for _ in range(40):
         opt.zero_grad()

@@ -35,6 +35,7 @@ import torch
 from PIL import Image
 
 from conftest import make_tiny_dataset
+from mmlib.reporting import lock
 from mmlib.reporting import runner as reports
 from mmlib.data import load_dataset
 from mmlib.data.embeddings import save_embeddings
@@ -415,7 +416,7 @@ def test_interrupted_notebook_keeps_previous_report_and_is_marked_failed(tmp_pat
     entry = json.loads((out / "runs.json").read_text())["runs"]["spacecraft"]["00_alpha"]
     assert entry["status"] == "failed" and "interrupted" in entry["error"]
     assert "failed" in (out / "index.html").read_text()
-    assert not (out / reports.LOCK_NAME).exists()
+    assert not (out / lock.LOCK_NAME).exists()
 
 
 def test_a_crash_while_writing_keeps_the_previous_file(tmp_path, monkeypatch):

@@ -18,9 +18,12 @@ from pathlib import Path
 import pytest
 
 from mmlib.training.profiles import PROFILE_KEYS, PROFILES, get_profile
-from mmlib.reporting.runner import LOCK_NAME, RunLock, main, parse_param, _pid_alive
-from mmlib.reporting.records import (RecordWriter, experiments_markdown, fmt_mean_std, load_records, make_record,
-                           read_records_file, summarize)
+from mmlib.reporting.lock import LOCK_NAME, RunLock, _pid_alive
+from mmlib.reporting.markdown import experiments_markdown
+from mmlib.reporting.notebooks import parse_param
+from mmlib.reporting.records import (RecordWriter, fmt_mean_std, load_records, make_record, read_records_file,
+                                     summarize)
+from mmlib.reporting.runner import main
 from mmlib.utils import MMLibError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "notebooks"
@@ -266,3 +269,25 @@ def test_fmt_mean_std():
     assert fmt_mean_std(0.8, float("nan"), 1) == "0.800 (n=1)"
     assert fmt_mean_std(12.345, 1.2, None, digits=1) == "12.3 ± 1.2"
     assert fmt_mean_std(float("nan"), 0.1, 3) == "n/a"
+
+
+def test_git_commit_ignores_the_reports_a_run_rewrites(tmp_path):
+    import subprocess
+
+    from mmlib.reporting.records import git_commit
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "a.json").write_text("1")
+    (tmp_path / "code.py").write_text("x = 1")
+    git("add", ".")
+    git("-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "init")
+    clean = git_commit(tmp_path)
+    assert clean and not clean.endswith("+dirty")
+    (tmp_path / "reports" / "a.json").write_text("2")
+    assert git_commit(tmp_path) == clean
+    (tmp_path / "code.py").write_text("x = 2")
+    assert git_commit(tmp_path) == clean + "+dirty"

@@ -11,7 +11,9 @@ import torch.nn as nn
 from sklearn import metrics as skm
 
 from conftest import make_tiny_dataset
-from mmlib.training.metrics import MetricWarning, compute_metrics, primary_metric
+from mmlib.training.callbacks import ModalityBalancing
+from mmlib.training.metrics import MetricWarning, compute_metrics
+from mmlib.training.tasks import primary_metric
 from mmlib.models import build_model
 from mmlib.training.trainer import FitResult, Trainer, TrainConfig, fit_model
 from mmlib.utils import MMLibError, set_seeds
@@ -237,7 +239,7 @@ def test_aux_loss_ogm_and_tracking_record_their_columns(ds):
     h = res.history
     for m in mods:
         assert ((h[f"ogm_coef_{m}"] > 0) & (h[f"ogm_coef_{m}"] <= 1)).all()
-        assert h[f"val_r2_without_{m}"].notna().all() and h[f"val_r2_only_{m}"].notna().all()
+        assert h[f"val_r2_without_{m}"].notna().all() and h[f"val_r2_head_{m}"].notna().all()
     assert (h[[f"ogm_coef_{m}" for m in mods]] < 1).any().any(), "some modality should have been damped"
     # late fusion has its own unimodal outputs; early fusion without aux heads has none
     fit_model(_model(ds, fusion="late"), ds, epochs=1, ogm_alpha=0.5, **FAST)
@@ -255,7 +257,8 @@ def test_ogm_coefficients_follow_the_formula(ds):
     branches = model.branch_parameters()
     for p in model.parameters():
         p.grad = torch.ones_like(p)
-    coefs = t._ogm_modulate(out, batch)
+    balancing = next(cb for cb in t.callbacks if isinstance(cb, ModalityBalancing))
+    coefs = balancing.modulate(t, out, batch)
     ratio = 1.0 / 0.5  # score_tabular = 1 / (1 + 0), score_text = 1 / (1 + 1)
     expected = 1 - math.tanh(0.5 * (ratio - 1))
     assert float(coefs["tabular"]) == pytest.approx(expected) and float(coefs["text"]) == 1.0
@@ -328,8 +331,6 @@ def test_a_model_with_only_the_forward_contract_trains(ds):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("amp", ["auto", "fp16", "off"])
 def test_cuda_run_with_amp_ogm_and_checkpoint(ds, tmp_path, amp):
-    from mmlib.training.trainer import dataset_on_device
-
     mods = ("tabular", "text", "image")
     kw = dict(epochs=3, batch_size=32, progress=False, device="cuda", amp=amp, aux_weight=0.3, ogm_alpha=0.5,
               track_modalities=True, checkpoint_path=str(tmp_path / "gpu.pt"))
@@ -337,7 +338,7 @@ def test_cuda_run_with_amp_ogm_and_checkpoint(ds, tmp_path, amp):
     t = res.trainer
     expected = {"off": None, "fp16": torch.float16,
                 "auto": torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16}[amp]
-    assert t.amp_dtype == expected and res.device.startswith("cuda")
+    assert t.precision.dtype == expected and res.device.startswith("cuda")
     assert next(t.model.parameters()).is_cuda and t.data.target.is_cuda
     h = res.history.drop(columns=["epoch_time_s"])
     assert np.isfinite(h.select_dtypes("number").to_numpy()).all()
@@ -347,5 +348,5 @@ def test_cuda_run_with_amp_ogm_and_checkpoint(ds, tmp_path, amp):
     again = Trainer(_model(ds, modalities=mods, aux_heads=True), ds, TrainConfig(**kw, resume=True)).fit()
     assert again.epochs_run == res.epochs_run and again.best_epoch == res.best_epoch
     # trainers share one device copy of the data
-    assert dataset_on_device(ds, "cuda").modalities["image"].tensors["pixels"].data_ptr() == \
+    assert ds.to("cuda").modalities["image"].tensors["pixels"].data_ptr() == \
         t.data.modalities["image"].tensors["pixels"].data_ptr()

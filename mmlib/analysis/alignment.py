@@ -17,98 +17,32 @@ a tensor [n, d] (embeddings) or a dict of tensors (``{"tokens": ...}``,
 """
 from __future__ import annotations
 
-import contextlib
-import copy
-import math
-import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
 
-from mmlib.analysis.retrieval import mrr, recall_at_k
-from mmlib.models.alignment import MAX_LOGIT_SCALE
-from mmlib.models.losses import cosine_loss, info_nce
+from mmlib.data.pairs import Pairs, embedding_pairs, modality_pairs
+from mmlib.training.config import TrainConfig
+from mmlib.training.objectives import CONTRASTIVE_LOSSES as LOSSES
+from mmlib.training.objectives import ContrastiveObjective, embed_pairs, evaluate_pairs
+from mmlib.training.trainer import Trainer
 from mmlib.utils import MMLibError, resolve_device, set_seeds
 
-LOSSES = ("infonce", "cosine")
-
-
-# --------------------------------------------------------------------------- pairs
-class Pairs(NamedTuple):
-    """Row i of ``a`` (text side) and row i of ``b`` (image side) belong together;
-    ``rows`` are their dataset row indices."""
-
-    a: Any
-    b: Any
-    rows: np.ndarray
-
-    def __len__(self) -> int:  # type: ignore[override]
-        return len(self.rows)
-
-
-def _take(x: Any, idx: torch.Tensor) -> Any:
-    if isinstance(x, Mapping):
-        return {k: v[idx.to(v.device)] for k, v in x.items()}
-    return x[idx.to(x.device)]
-
-
-def _to(x: Any, device: torch.device) -> Any:
-    if isinstance(x, Mapping):
-        return {k: v.to(device) for k, v in x.items()}
-    return x.to(device)
-
-
-def modality_pairs(dataset: Any, split: str | np.ndarray, a: str = "text", b: str = "image") -> Pairs:
-    """Pairs of the two modalities' tensors on the rows of ``split`` where both are present."""
-    for m in (a, b):
-        if m not in dataset.modalities:
-            raise MMLibError(f"dataset {dataset.name!r} has no modality {m!r}; it has {dataset.modality_names}.")
-    rows = np.asarray(dataset.splits[split] if isinstance(split, str) else split)
-    ma, mb = dataset.modalities[a], dataset.modalities[b]
-    both = (ma.present & mb.present).cpu().numpy()[rows]
-    rows = rows[both]
-    idx = torch.as_tensor(rows, dtype=torch.long)
-    return Pairs(_take(ma.tensors, idx), _take(mb.tensors, idx), rows)
-
-
-def embedding_pairs(a: Any, b: Any, rows: Sequence[int] | np.ndarray, present: np.ndarray | None = None) -> Pairs:
-    """Pairs from two embedding matrices [n, d] (all dataset rows) restricted to ``rows``
-    (and to rows where ``present`` is True, when given)."""
-    rows = np.asarray(rows)
-    if present is not None:
-        rows = rows[np.asarray(present, bool)[rows]]
-    ta = a.detach().float().cpu() if isinstance(a, torch.Tensor) else torch.as_tensor(np.asarray(a, np.float32))
-    tb = b.detach().float().cpu() if isinstance(b, torch.Tensor) else torch.as_tensor(np.asarray(b, np.float32))
-    idx = torch.as_tensor(rows, dtype=torch.long)
-    return Pairs(ta[idx], tb[idx], rows)
+__all__ = ["LOSSES", "Pairs", "modality_pairs", "embedding_pairs", "embed_pairs", "evaluate_pairs", "ContrastiveFit",
+           "fit_contrastive", "linear_probe", "shared_keywords", "shared_groups", "center", "factor_probes",
+           "alignment_metrics", "format_summary", "AlignmentRun", "run_alignment", "translator_query_encoder"]
 
 
 # --------------------------------------------------------------------------- training
-class _Temperature(nn.Module):
-    """A CLIP-style logit scale for models that do not own one (the translators)."""
-
-    def __init__(self, temperature: float, learn: bool):
-        super().__init__()
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)), requires_grad=learn)
-
-
-def _temperature_of(scale: nn.Parameter) -> torch.Tensor:
-    return 1.0 / scale.exp().clamp(max=MAX_LOGIT_SCALE)
-
-
-def _temperature_value(scale: nn.Parameter) -> float:
-    return float(_temperature_of(scale.detach()))
-
-
 @dataclass
 class ContrastiveFit:
     """What ``fit_contrastive`` returns: the per-epoch history and the run's facts."""
 
-    history: pd.DataFrame  # epoch, train_loss, val_loss, val_R@1/5/10, val_MRR, lr, temperature, time_s
+    history: pd.DataFrame  # epoch, train_loss, val_loss, val_R@1/5/10, val_MRR, lr, temperature, epoch_time_s
     train_time_s: float
     best_epoch: int
     epochs_run: int
@@ -120,180 +54,40 @@ class ContrastiveFit:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-@torch.no_grad()
-def embed_pairs(model: nn.Module, pairs: Pairs, batch_size: int = 512, device: str | torch.device = "auto",
-                normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """The model's embeddings of both sides of ``pairs`` (eval mode, CPU float32 tensors);
-    L2-normalised unless ``normalize=False`` (then the raw vectors the model produces)."""
-    dev = resolve_device(device)
-    model.eval()
-    model.to(dev)
-    za, zb = [], []
-    for s in range(0, len(pairs), batch_size):
-        idx = torch.arange(s, min(s + batch_size, len(pairs)))
-        a, b = model.pair_embeddings(_to(_take(pairs.a, idx), dev), _to(_take(pairs.b, idx), dev), normalize)
-        za.append(a.float().cpu())
-        zb.append(b.float().cpu())
-    return torch.cat(za), torch.cat(zb)
-
-
-def _autocast(device: torch.device, amp: bool) -> tuple[Callable[[], Any], torch.amp.GradScaler | None]:
-    if not (amp and device.type == "cuda"):
-        return contextlib.nullcontext, None
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-    return (lambda: torch.autocast(device_type="cuda", dtype=dtype)), scaler
-
-
 def fit_contrastive(model: nn.Module, train_pairs: Pairs, val_pairs: Pairs, loss: str = "infonce", epochs: int = 20,
                     lr: float = 1e-3, batch_size: int = 256, weight_decay: float = 1e-4, scheduler: str | None = "cosine",
                     patience: int | None = 3, monitor: str = "R@10", temperature: float = 0.07,
                     learn_temperature: bool = False, grad_clip: float | None = 1.0, device: str | torch.device = "auto",
                     amp: bool = True, seed: int = 0, max_batches_per_epoch: int | None = None,
                     progress: bool = False) -> ContrastiveFit:
-    """Train ``model`` so that ``train_pairs.a[i]`` and ``train_pairs.b[i]`` embed close together.
+    """Train ``model`` so that ``train_pairs.a[i]`` and ``train_pairs.b[i]`` embed close together,
+    with the lab's one ``Trainer`` and a ``ContrastiveObjective``.
 
     loss: ``infonce`` (symmetric, against every other pair of the batch) or ``cosine``
     (``1 - cos`` of each pair alone). The temperature is the model's own ``logit_scale``
     when it has one (``TwoTower``), else ``temperature`` (learnt with ``learn_temperature``).
-    Adam(W) with a cosine learning-rate schedule; early stopping after ``patience`` epochs
+    AdamW with a cosine learning-rate schedule; early stopping after ``patience`` epochs
     without improvement of ``monitor`` on the validation pairs (``R@1``/``R@5``/``R@10``/``MRR``
     of a→b retrieval: higher is better; ``loss``: the validation loss, lower is better);
-    the best weights are restored in memory at the end. Mixed precision on CUDA only.
+    the best weights are restored at the end. Mixed precision on CUDA only.
     """
-    if loss not in LOSSES:
-        raise MMLibError(f"fit_contrastive: unknown loss {loss!r}; choose one of {LOSSES}.")
-    higher = monitor != "loss"
-    if monitor not in ("loss", "R@1", "R@5", "R@10", "MRR"):
-        raise MMLibError(f"fit_contrastive: unknown monitor {monitor!r}; use 'R@1', 'R@5', 'R@10', 'MRR' or 'loss'.")
     if scheduler not in (None, "none", "cosine"):
         raise MMLibError(f"fit_contrastive: unknown scheduler {scheduler!r}; use 'cosine' or None.")
-    if len(train_pairs) < 2 or len(val_pairs) < 2:
-        raise MMLibError(f"fit_contrastive: needs at least 2 train and 2 validation pairs (got {len(train_pairs)} "
-                         f"and {len(val_pairs)}); contrastive losses compare pairs with each other.")
     if epochs < 1:
         raise MMLibError(f"fit_contrastive: epochs must be >= 1, got {epochs}.")
-    set_seeds(seed)
+    objective = ContrastiveObjective(train_pairs, val_pairs, loss=loss, monitor=monitor, temperature=temperature,
+                                     learn_temperature=learn_temperature)
     dev = resolve_device(device)
-    model.to(dev)
-    temp_mod = None if hasattr(model, "logit_scale") else _Temperature(temperature, learn_temperature).to(dev)
-    scale = model.logit_scale if temp_mod is None else temp_mod.logit_scale
-    params = [p for p in model.parameters() if p.requires_grad]
-    if temp_mod is not None and learn_temperature:
-        params.append(temp_mod.logit_scale)
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    n_train = len(train_pairs)
-    drop_last = n_train > batch_size  # a last tiny batch makes InfoNCE trivially easy
-    per_epoch = n_train // batch_size if drop_last else 1
-    if max_batches_per_epoch is not None:
-        per_epoch = max(1, min(per_epoch, int(max_batches_per_epoch)))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * per_epoch) if scheduler == "cosine" else None
-    autocast, scaler = _autocast(dev, amp)
-    train_a, train_b = _to(train_pairs.a, dev), _to(train_pairs.b, dev)
-    gen = torch.Generator().manual_seed(seed)
-
-    def loss_fn(za: torch.Tensor, zb: torch.Tensor) -> torch.Tensor:
-        if loss == "cosine":
-            return cosine_loss(za, zb)
-        return info_nce(za, zb, temperature=_temperature_of(scale))
-
-    rows_hist = []
-    best_state, best_value, best_epoch, bad_epochs = None, None, 0, 0
-    t0 = time.perf_counter()
-    epoch_iter: Any = range(1, epochs + 1)
-    if progress:
-        from tqdm.auto import tqdm
-
-        epoch_iter = tqdm(epoch_iter, desc=f"{type(model).__name__} ({loss})", leave=False)
-    for epoch in epoch_iter:
-        model.train()
-        perm = torch.randperm(n_train, generator=gen)
-        total, count = 0.0, 0
-        for bi in range(per_epoch):
-            idx = perm[bi * batch_size:(bi + 1) * batch_size]
-            if len(idx) < 2:
-                break
-            with autocast():
-                za, zb = model.pair_embeddings(_take(train_a, idx), _take(train_b, idx))
-                batch_loss = loss_fn(za, zb)
-            if not torch.isfinite(batch_loss):
-                raise MMLibError(f"fit_contrastive: the loss became {batch_loss.item()} at epoch {epoch}, batch {bi}; "
-                                 "lower the learning rate or check the inputs for extreme values.")
-            opt.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(batch_loss).backward()
-                scaler.unscale_(opt)
-            else:
-                batch_loss.backward()
-            if grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, grad_clip)
-            if scaler is not None:
-                scaler.step(opt)
-                scaler.update()
-            else:
-                opt.step()
-            if sched is not None:
-                sched.step()
-            with torch.no_grad():
-                scale.clamp_(max=math.log(MAX_LOGIT_SCALE))
-            total += float(batch_loss.detach()) * len(idx)
-            count += len(idx)
-        val = evaluate_pairs(model, val_pairs, loss=loss, batch_size=batch_size, temperature=_temperature_value(scale),
-                             device=dev)
-        row = {"epoch": epoch, "train_loss": total / max(count, 1), "val_loss": val["loss"],
-               **{f"val_{k}": v for k, v in val.items() if k != "loss"},
-               "lr": opt.param_groups[0]["lr"], "temperature": _temperature_value(scale),
-               "time_s": time.perf_counter() - t0}
-        rows_hist.append(row)
-        value = val["loss"] if monitor == "loss" else val[monitor]
-        improved = best_value is None or (value > best_value + 1e-6 if higher else value < best_value - 1e-6)
-        if improved:
-            best_value, best_epoch, bad_epochs = value, epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
-            if temp_mod is not None:
-                best_scale = temp_mod.logit_scale.detach().clone()
-        else:
-            bad_epochs += 1
-        if progress:
-            epoch_iter.set_postfix(train=f"{row['train_loss']:.3f}", val=f"{val['loss']:.3f}",
-                                   r10=f"{val['R@10']:.3f}")
-        if patience is not None and bad_epochs >= patience:
-            break
-    train_time = time.perf_counter() - t0
-    if best_state is not None:
-        model.load_state_dict(best_state)
-        if temp_mod is not None:
-            with torch.no_grad():
-                temp_mod.logit_scale.copy_(best_scale)
+    config = TrainConfig(epochs=int(epochs), lr=lr, batch_size=int(batch_size), weight_decay=weight_decay,
+                         scheduler=scheduler or "none", patience=patience, min_delta=1e-6, grad_clip=grad_clip,
+                         device=str(dev), amp="auto" if amp else "off", seed=int(seed),
+                         max_batches_per_epoch=max_batches_per_epoch, progress=progress)
+    fit = Trainer(model, config=config, objective=objective).fit()
     model.eval()
-    hist = pd.DataFrame(rows_hist)
-    return ContrastiveFit(history=hist, train_time_s=train_time, best_epoch=best_epoch, epochs_run=len(hist),
-                          best_value=float(best_value), monitor=monitor, device=str(dev),
+    return ContrastiveFit(history=fit.history, train_time_s=fit.train_time_s, best_epoch=fit.best_epoch,
+                          epochs_run=fit.epochs_run, best_value=fit.best_val, monitor=monitor, device=fit.device,
                           n_params=sum(p.numel() for p in model.parameters() if p.requires_grad),
-                          temperature=_temperature_value(scale) if loss == "infonce" else None)
-
-
-@torch.no_grad()
-def evaluate_pairs(model: nn.Module, pairs: Pairs, loss: str = "infonce", batch_size: int = 256,
-                   temperature: float = 0.07, device: str | torch.device = "auto",
-                   ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
-    """Loss (mean over consecutive batches of ``batch_size``, as in training) and a→b
-    retrieval Recall@K / MRR over all of ``pairs`` (cosine similarity)."""
-    za, zb = embed_pairs(model, pairs, batch_size=max(batch_size, 512), device=device)
-    losses, weights = [], []
-    for s in range(0, len(za), batch_size):
-        a, b = za[s:s + batch_size], zb[s:s + batch_size]
-        if len(a) < 2:
-            continue
-        losses.append(float(cosine_loss(a, b) if loss == "cosine" else info_nce(a, b, temperature=temperature)))
-        weights.append(len(a))
-    sim = za @ zb.T
-    out = {"loss": float(np.average(losses, weights=weights)) if losses else float("nan")}
-    out.update(recall_at_k(sim, ks))
-    out["MRR"] = mrr(sim)
-    return out
-
-
+                          temperature=objective.current_temperature(model) if loss == "infonce" else None)
 
 
 def linear_probe(x: np.ndarray, labels: np.ndarray, train_rows: np.ndarray, test_rows: np.ndarray,

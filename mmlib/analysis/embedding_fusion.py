@@ -36,7 +36,7 @@ import torch
 from mmlib.data.base import MultimodalDataset
 from mmlib.training.metrics import compute_metrics
 from mmlib.models import build_model
-from mmlib.models.losses import get_loss
+from mmlib.training.tasks import get_task
 from mmlib.utils import MMLibError, set_seeds
 
 TARGET_MODES = ("standard", "log")
@@ -182,7 +182,7 @@ def make_loss(name: str, scaler: TargetScaler, z_train: Any = None, bins: int = 
     if name not in LOSSES:
         raise MMLibError(f"Unknown loss {name!r}; choose one of {LOSSES}.")
     if name in ("mse", "huber"):
-        return get_loss("regression", name)
+        return get_task("regression").loss(name)
     edges_t = w_t = None
     if name == "weighted_smape":
         if z_train is None:
@@ -231,8 +231,8 @@ def run_target_variant(dataset: MultimodalDataset, *, fusion: str, target_mode: 
     trained with ``loss``; early stopping follows the validation R² of the transformed
     target. Metrics (train / val / test) are computed after mapping predictions back to the
     original scale. The record's condition is ``"target=<mode>,loss=<loss>"``."""
-    from mmlib.training.experiments import train_config_from_profile
-    from mmlib.reporting.records import make_record
+    from mmlib.training.experiments import record_run, train_config_from_profile
+    from mmlib.training.supervised import SupervisedObjective
     from mmlib.training.trainer import Trainer
 
     train_rows = np.asarray(dataset.splits["train"])
@@ -243,8 +243,8 @@ def run_target_variant(dataset: MultimodalDataset, *, fusion: str, target_mode: 
                                        **dict(train_kwargs or {}))
     set_seeds(int(seed))
     model = build_model(ds_t, fusion=fusion, **dict(model_kwargs or {}))
-    trainer = Trainer(model, ds_t, config)
-    trainer.loss_fn = make_loss(loss, scaler, z_train=scaler.transform(y[train_rows]))  # the Trainer's loss hook
+    objective = SupervisedObjective(ds_t, loss_fn=make_loss(loss, scaler, z_train=scaler.transform(y[train_rows])))
+    trainer = Trainer(model, config=config, objective=objective)
     fit = trainer.fit()
     metrics: dict[str, dict[str, float]] = {}
     preds: dict[str, np.ndarray] = {}
@@ -252,18 +252,11 @@ def run_target_variant(dataset: MultimodalDataset, *, fusion: str, target_mode: 
         rows = np.asarray(dataset.splits[split])
         preds[split] = np.asarray(scaler.inverse(trainer.predict(split)), dtype=np.float64)
         metrics[split] = compute_metrics("regression", y[rows], preds[split])
-    counts = model.param_counts()
-    fields = dict(experiment=experiment, model=model_name or f"{fusion}_fusion", fusion=fusion,
-                  modalities=list(dataset.modality_names), condition=f"target={target_mode},loss={loss}",
-                  seed=int(seed), metrics={f"{s}_{k}": float(v) for s, ms in metrics.items() for k, v in ms.items()},
-                  n_params=int(counts["total"]), train_time_s=float(fit.train_time_s), epochs=int(fit.epochs_run),
-                  device=str(fit.device),
-                  extra={"target_mode": target_mode, "loss": loss, "best_epoch": fit.best_epoch,
-                         "monitor": fit.monitor, "model_kwargs": dict(model_kwargs or {})})
-    if writer is not None:
-        record = writer.add(**fields)
-    else:
-        record = make_record(notebook=notebook or "embedding_fusion", dataset=dataset.name, **fields)
+    record = record_run(model, fit, metrics, writer=writer, notebook=notebook or "embedding_fusion",
+                        dataset=dataset.name, experiment=experiment, model_name=model_name or f"{fusion}_fusion",
+                        fusion=fusion, modalities=dataset.modality_names, condition=f"target={target_mode},loss={loss}",
+                        seed=seed, extra={"target_mode": target_mode, "loss": loss, "best_epoch": fit.best_epoch,
+                                          "monitor": fit.monitor, "model_kwargs": dict(model_kwargs or {})})
     test_rows = np.asarray(dataset.splits["test"])
     return VariantRun(model, trainer, fit, scaler, metrics, test_rows, y[test_rows], preds["test"], record)
 

@@ -1,5 +1,5 @@
-"""Modality imbalance (seed 003 part 5): weaken one modality on purpose, and the
-remedies that try to keep a fused model from ignoring it.
+"""Modality imbalance (seed 003 part 5, notebook 50): weaken one modality on purpose,
+and the remedies that try to keep a fused model from ignoring it.
 
 ``weaken(dataset, modality, how, level)`` returns a *new* dataset (the original is
 untouched) where one modality is weaker:
@@ -17,19 +17,28 @@ Remedies are configured through existing knobs (``REMEDIES``): modality dropout
 gradient modulation (Peng et al. 2022; ``aux_heads=True`` + ``TrainConfig(ogm_alpha=a)``).
 ``contribution_table`` turns the per-modality quantities the trainer tracks each
 epoch into a tidy frame for plotting contribution over training.
+
+The experiment of notebook 50: ``pick_weak_modality`` chooses the modality to weaken,
+``imbalance_conditions`` the weakenings, and ``imbalance_experiment`` trains every
+(condition, remedy) over seeds and scores each model with the weakened modality
+masked (``without_weak``) and with it alone (``weak_alone``: the fused model with
+every other modality masked).
 """
 from __future__ import annotations
 
 import copy
 import re
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
 import torch
 
+from mmlib.analysis.robustness import corrupt_batch, corruption_stats, drop_modality
+from mmlib.analysis.summaries import Summary
 from mmlib.data.base import Modality, MultimodalDataset
-from mmlib.analysis.robustness import corrupt_batch, corruption_stats
+from mmlib.reporting.records import RecordWriter, load_records
 from mmlib.utils import MMLibError
 
 WEAKEN_HOWS = ("fewer_rows", "corrupt", "truncate")
@@ -127,7 +136,7 @@ def weaken(dataset: MultimodalDataset, modality: str, how: str, level: float, se
 
 
 # ----------------------------------------------------------------- contribution
-_TRACKED = re.compile(r"^val_(?P<metric>.+?)_(?P<what>without|only)_(?P<modality>.+)$")
+_TRACKED = re.compile(r"^val_(?P<metric>.+?)_(?P<what>without|head)_(?P<modality>.+)$")
 _OGM = re.compile(r"^ogm_coef_(?P<modality>.+)$")
 
 
@@ -140,7 +149,8 @@ def contribution_table(fit_result: Any, metric: str | None = None) -> pd.DataFra
     - ``without``: ``val_<metric>_without_<m>`` — validation score with ``m`` masked;
     - ``contribution``: ``val_<metric> − val_<metric>_without_<m>`` — what the model
       loses when ``m`` is masked (≈ 0: the modality is ignored);
-    - ``only``: ``val_<metric>_only_<m>`` — validation score with only ``m`` present;
+    - ``head``: ``val_<metric>_head_<m>`` — validation score of the auxiliary unimodal
+      head of ``m`` (the models built with ``aux_heads=True``);
     - ``ogm_coef``: ``ogm_coef_<m>`` — OGM-GE's gradient coefficient (1 = untouched).
 
     ``metric`` picks one metric when several are tracked (default: the first seen).
@@ -181,4 +191,126 @@ def contribution_table(fit_result: Any, metric: str | None = None) -> pd.DataFra
     return out
 
 
-__all__ = ["WEAKEN_HOWS", "REMEDIES", "weaken", "contribution_table"]
+# ------------------------------------------------------------------- experiment
+@dataclass
+class ImbalanceSummary(Summary):
+    """``Summary`` of ``imbalance_experiment`` plus, per condition label, the contribution
+    over training of every modality (seed 0, all remedies): ``contribution_table`` rows
+    of quantity ``contribution`` with a ``remedy`` column."""
+
+    contributions: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+
+def pick_weak_modality(ds: MultimodalDataset, weak: str, records_dir: Any, metric: str) -> str:
+    """The modality to weaken: ``weak`` itself when it names a modality of ``ds``; for
+    ``"strongest"`` the strongest single modality in notebook 10's published records
+    (falling back to the largest single-modality ceiling, then the first modality)."""
+    if weak == "auto":
+        raise MMLibError('weak_modality="auto" was renamed to "strongest" (it weakens the strongest single modality).')
+    if weak != "strongest":
+        if weak not in ds.modalities:
+            raise MMLibError(f"weak_modality={weak!r} is neither 'strongest' nor a modality of {ds.name}: "
+                             f"{ds.modality_names}.")
+        return weak
+    try:
+        recs = load_records(records_dir, dataset=ds.name, notebook="10_unimodal_baselines")
+        recs = recs[recs["experiment"] == "unimodal"]
+        col = f"metric_test_{metric}"
+        if len(recs) and col in recs:
+            best = recs.groupby("modality_set")[col].mean().idxmax()
+            if best in ds.modalities:
+                return best
+    except Exception:  # no published records yet: fall back
+        pass
+    if "ceilings" in ds.meta:
+        return max(ds.modality_names, key=lambda m: ds.meta["ceilings"].get(m, 0.0))
+    return ds.modality_names[0]
+
+
+def imbalance_conditions(ds: MultimodalDataset, weak: str, fewer_rows: float, corrupt: float,
+                         truncate: float) -> list[dict]:
+    """The weakenings to run: fewer rows and corrupted features of ``weak``, and truncated
+    text (on ``weak`` if it is text, else on the first text modality)."""
+    conds = [{"modality": weak, "how": "fewer_rows", "level": fewer_rows},
+             {"modality": weak, "how": "corrupt", "level": corrupt}]
+    texts = [m for m, mod in ds.modalities.items() if mod.kind == "text"]
+    if texts:
+        conds.append({"modality": weak if weak in texts else texts[0], "how": "truncate", "level": truncate})
+    for c in conds:
+        c["label"] = f"{c['modality']}:{c['how']}={c['level']:g}"
+    return conds
+
+
+def _verdicts(long: pd.DataFrame, conditions: list[dict], weak: str, metric: str) -> tuple[list[str], dict[str, str]]:
+    """Per condition: does plain training adapt, collapse or degrade, and the best remedy."""
+    clean = long[long.condition == "clean"]
+    clean_test, clean_rel = clean["test"].mean(), clean["reliance_on_weak"].mean()
+    lines = [f"Clean model: test {metric} {clean_test:.3f}; masking {weak} costs it {clean_rel:.3f}."]
+    verdicts = {}
+    for label in [c["label"] for c in conditions]:
+        g = long[(long.condition == label)].groupby("remedy")[["test", "reliance_on_weak", "weak_alone"]].mean()
+        if "none" not in g.index:
+            continue
+        base = g.loc["none"]
+        if base["reliance_on_weak"] < 0.1 * max(clean_rel, 1e-6) and label.startswith(weak + ":"):
+            verdict = "collapses onto the other modalities (the weakened one is nearly ignored)"
+        elif clean_test - base["test"] < 0.01:
+            verdict = "adapts (test score within 0.01 of the clean model)"
+        else:
+            verdict = f"degrades by {clean_test - base['test']:.3f}"
+        verdicts[label] = verdict
+        best = g["test"].idxmax()
+        lines.append(f"**{label}**: plain training scores {base['test']:.3f} and relies on the weakened modality "
+                     f"for {base['reliance_on_weak']:.3f} — it {verdict}. Best remedy: **{best}** "
+                     f"({g.loc[best, 'test']:.3f}, {g.loc[best, 'test'] - base['test']:+.3f} vs none).")
+    return lines, verdicts
+
+
+def imbalance_experiment(ds: MultimodalDataset, conditions: list[dict], remedies: Mapping[str, tuple],
+                         profile: Mapping, notebook: str, device: str, writer: RecordWriter, metric: str,
+                         weak: str) -> ImbalanceSummary:
+    """Train every (condition, remedy) over the profile's seeds (plus the clean model
+    with no remedy); record the test score, the score with the weakened modality masked
+    (``test_without_weak``) and with it alone (``test_weak_alone``: every other modality
+    masked), and ``reliance_on_weak`` = test − without_weak; classify adapt / collapse / degrade."""
+    from mmlib.training.experiments import run_fusion
+
+    mods = ds.modality_names
+    rows, contributions = [], {}
+    settings = [({"modality": weak, "how": "none", "level": 0.0, "label": "clean"}, "none")]
+    settings += [(c, r) for c in conditions for r in remedies]
+    seeds = profile.get("imbalance_seeds") or profile["seeds"]
+    for cond, remedy in settings:
+        model_kwargs, train_kwargs = remedies[remedy]
+        for seed in seeds:
+            data = ds if cond["how"] == "none" else weaken(ds, cond["modality"], cond["how"], cond["level"], seed=seed)
+            track = seed == seeds[0]
+            run = run_fusion(data, "early", mods, seed, profile, notebook, "imbalance", condition=cond["label"],
+                             model_kwargs=model_kwargs, train_kwargs={**train_kwargs, "track_modalities": track},
+                             device=device, writer=None, model_name=remedy, progress=False)
+            test = float(run.metrics["test"][metric])
+            target = cond["modality"]
+            without = float(drop_modality(run.trainer, target, "mask", "test")[metric])
+            others = [m for m in mods if m != target]
+            alone = float(run.trainer.evaluate("test", present_override={m: False for m in others})[metric]) \
+                if others else test
+            rec = dict(run.record)
+            rec["metrics"] = {**rec["metrics"], "test_without_weak": without, "test_weak_alone": alone,
+                              "reliance_on_weak": test - without}
+            writer.add(rec)
+            rows.append({"condition": cond["label"], "remedy": remedy, "seed": seed, "test": test,
+                         "without_weak": without, "weak_alone": alone, "reliance_on_weak": test - without})
+            if track:
+                c = contribution_table(run.fit)
+                c = c[c["quantity"] == "contribution"].assign(remedy=remedy)
+                contributions.setdefault(cond["label"], []).append(c)
+    long = pd.DataFrame(rows)
+    table = long.groupby(["condition", "remedy"])[["test", "without_weak", "weak_alone", "reliance_on_weak"]].agg(
+        ["mean", "std"]).round(4)
+    lines, verdicts = _verdicts(long, conditions, weak, metric)
+    return ImbalanceSummary(table, " ".join(lines), {"verdicts": verdicts}, long,
+                            {k: pd.concat(v, ignore_index=True) for k, v in contributions.items()})
+
+
+__all__ = ["WEAKEN_HOWS", "REMEDIES", "weaken", "contribution_table", "ImbalanceSummary", "pick_weak_modality",
+           "imbalance_conditions", "imbalance_experiment"]

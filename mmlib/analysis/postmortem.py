@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from mmlib.analysis.robustness import shapley_values
+from mmlib.analysis.attribution import shapley_values
+from mmlib.analysis.summaries import group_stats
 from mmlib.reporting.records import fmt_mean_std
 
 QUESTIONS = (
@@ -65,13 +66,6 @@ def _md(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def _stats(df: pd.DataFrame, col: str, by: list[str]) -> pd.DataFrame:
-    if col not in df or df.empty:
-        return pd.DataFrame(columns=["mean", "std", "n"])
-    g = df.groupby(by, dropna=False)[col]
-    return pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1), "n": g.count()})
-
-
 def _fmt(row) -> str:
     return fmt_mean_std(row["mean"], row["std"], int(row["n"]))
 
@@ -111,8 +105,8 @@ def build_postmortem(records: pd.DataFrame, dataset: str) -> Postmortem:
     uni = _unique_runs(uni[uni["experiment"] == "unimodal"])
     fused = _unique_runs(trained[(trained["n_modalities"] > 1) & trained["notebook"].isin(["20_simple_fusion", "40_fusion_variants"])
                                  & trained["experiment"].isin(["simple_fusion", "fusion_variant"])])
-    s_uni = _stats(uni, col, ["model"]).sort_values("mean", ascending=False)
-    s_fused = _stats(fused, col, ["model"]).sort_values("mean", ascending=False)
+    s_uni = group_stats(uni, ["model"], col).sort_values("mean", ascending=False)
+    s_fused = group_stats(fused, ["model"], col).sort_values("mean", ascending=False)
     if len(s_uni) and len(s_fused):
         bu, bf = s_uni.index[0], s_fused.index[0]
         gain = s_fused["mean"].iloc[0] - s_uni["mean"].iloc[0]
@@ -125,7 +119,7 @@ def build_postmortem(records: pd.DataFrame, dataset: str) -> Postmortem:
                    if meaningful else "**No meaningful gain**: it is below 0.01 or within twice the seed spread."))
         base = trained[(trained["notebook"] == "10_unimodal_baselines") & (trained["fusion"] == "none")
                        & (trained["experiment"] != "other_target")]
-        cat = _stats(base, col, ["model"]).sort_values("mean", ascending=False)
+        cat = group_stats(base, ["model"], col).sort_values("mean", ascending=False)
         if len(cat):
             text += (" Practitioner baselines (CatBoost, TF-IDF + linear) for reference: "
                      + "; ".join(f"{m} {_fmt(r)}" for m, r in cat.iterrows()) + ".")
@@ -138,7 +132,7 @@ def build_postmortem(records: pd.DataFrame, dataset: str) -> Postmortem:
     var = nb("40_fusion_variants")
     stack = var[var["experiment"] == "stacking"]
     var = var[var["experiment"] == "fusion_variant"]
-    s_var = _stats(var, col, ["model"]).sort_values("mean", ascending=False)
+    s_var = group_stats(var, ["model"], col).sort_values("mean", ascending=False)
     if len(s_var):
         best, second = s_var.index[0], (s_var.index[1] if len(s_var) > 1 else None)
         text = f"Ranked by mean test {metric}: " + ", ".join(f"{m} {_fmt(r)}" for m, r in s_var.iterrows()) + ". "
@@ -149,7 +143,7 @@ def build_postmortem(records: pd.DataFrame, dataset: str) -> Postmortem:
                      + (" — within the seed spread, so the top two are not separable with these seeds."
                         if diff <= sp else " — more than the combined seed spread."))
         if len(stack) and col in stack and stack[col].notna().any():
-            st = _stats(stack, col, ["model"]).iloc[0]
+            st = group_stats(stack, ["model"], col).iloc[0]
             text += (f" Stacking whole models (every fusion network and the practitioner baselines, non-negative "
                      f"weights fitted on the validation split) scores {_fmt(st)}, "
                      f"{st['mean'] - s_var['mean'].iloc[0]:+.3f} against {best}.")
@@ -162,14 +156,17 @@ def build_postmortem(records: pd.DataFrame, dataset: str) -> Postmortem:
     # --- Q3: robustness to missing modalities
     abl = nb("30_ablations")
     drop = abl[abl["experiment"] == "drop_at_inference"]
-    clean = abl[(abl["experiment"] == "full_model") & (abl["model"] == "early_fusion")]
+    dropped_model = drop["model"].iloc[0] if len(drop) else None  # the full model 30 took modalities from
+    drop = drop[drop["model"] == dropped_model]
+    clean = abl[(abl["experiment"] == "full_model") & (abl["model"] == dropped_model)]
     if len(drop) and len(clean):
-        c = _stats(clean, col, ["model"]).iloc[0]
-        d = _stats(drop, col, ["condition"])
+        c = group_stats(clean, ["model"], col).iloc[0]
+        d = group_stats(drop, ["condition"], col)
         d["drop_vs_clean"] = c["mean"] - d["mean"]
         worst = d["drop_vs_clean"].idxmax()
-        text = (f"Early fusion scores {_fmt(c)} with every modality. Masked at inference, the worst case is "
-                f"**{worst}** ({_fmt(d.loc[worst])}, a fall of {d.loc[worst, 'drop_vs_clean']:.3f}). ")
+        text = (f"{dropped_model.replace('_', ' ').capitalize()} scores {_fmt(c)} with every modality. "
+                f"Masked at inference, the worst case is **{worst}** ({_fmt(d.loc[worst])}, "
+                f"a fall of {d.loc[worst, 'drop_vs_clean']:.3f}). ")
         masks = d[[i.endswith(":mask") for i in d.index]]
         survivable = (masks["mean"] > 0).sum() if metric == "r2" else len(masks)
         text += (f"With the model's own missing-modality path (mask), {survivable} of {len(masks)} single-modality "
@@ -250,7 +247,7 @@ def _best_model(sel: pd.DataFrame, col: str, higher: bool = True) -> tuple[str, 
     sel = sel[sel[col].notna()] if col in sel else sel.iloc[0:0]
     if sel.empty:
         return None
-    st = _stats(sel, col, ["notebook", "model", "condition"]).sort_values("mean", ascending=not higher)
+    st = group_stats(sel, ["notebook", "model", "condition"], col).sort_values("mean", ascending=not higher)
     (notebook, model, condition), row = st.index[0], st.iloc[0]
     label = f"{model}" + (f" ({condition})" if condition else "") + f", {notebook}"
     return label, row
@@ -265,8 +262,8 @@ def _other_targets_section(recs: pd.DataFrame) -> Section | None:
         target = cond.removeprefix("target=")
         metrics = [c for c in ("f1", "roc_auc", "pr_auc", "accuracy", "macro_f1", "r2")
                    if f"metric_test_{c}" in g and g[f"metric_test_{c}"].notna().any()]
-        t = pd.DataFrame({m: _stats(g, f"metric_test_{m}", ["model"]).apply(_fmt, axis=1) for m in metrics})
-        order = _stats(g, f"metric_test_{metrics[0]}", ["model"]).sort_values("mean", ascending=False).index
+        t = pd.DataFrame({m: group_stats(g, ["model"], f"metric_test_{m}").apply(_fmt, axis=1) for m in metrics})
+        order = group_stats(g, ["model"], f"metric_test_{metrics[0]}").sort_values("mean", ascending=False).index
         t = t.loc[order]
         t.insert(0, "target", target)
         tables.append(t)
@@ -312,7 +309,7 @@ def _worth_it(trained, col, metric, s_uni, s_fused, abl) -> str:
     parts = []
     sub = abl[abl["experiment"].isin(["subset", "full_model"]) & (abl["model"] == "early_fusion")] if len(abl) else abl
     if len(sub):
-        s = _stats(sub, col, ["modality_set"])
+        s = group_stats(sub, ["modality_set"], col)
         full_key = max(s.index, key=lambda k: k.count("+"))
         full = s.loc[full_key]
         for m in full_key.split("+"):
@@ -348,7 +345,7 @@ def _planted_section(recs, trained, col, metric) -> Section | None:
     rows = []
     abl = recs[(recs["notebook"] == "30_ablations") & (recs["model"] == "early_fusion")
                & recs["experiment"].isin(["subset", "full_model"])]
-    s = _stats(abl, col, ["modality_set"])
+    s = group_stats(abl, ["modality_set"], col)
     shap = recs[(recs["notebook"] == "30_ablations") & (recs["experiment"] == "shapley")]
     planted_shap = shapley_values({frozenset(): 0.0, **{frozenset(k.split("+")): v for k, v in ceil.items()}}, mods)
     for m in mods:

@@ -19,10 +19,10 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from mmlib.training.metrics import DEFAULT_KS, harmonic, match_ranks, mrr, recall_at_k
 from mmlib.utils import MMLibError, resolve_device
 
 METRICS = ("cosine", "euclidean", "manhattan", "dot")
-DEFAULT_KS = (1, 5, 10)
 
 
 # --------------------------------------------------------------------------- similarity
@@ -54,62 +54,13 @@ def similarity(a: Any, b: Any, metric: str = "cosine") -> np.ndarray:
     return (-torch.cdist(ta.double(), tb.double(), p=p)).float().numpy()
 
 
-def _rank_counts(sim: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Per query: items scored strictly higher than its match (g) and other items tied with it (e)."""
-    s = torch.as_tensor(np.asarray(sim, dtype=np.float64)) if not isinstance(sim, torch.Tensor) else sim.double().cpu()
-    if s.ndim != 2:
-        raise MMLibError(f"sim must be 2-D [n_queries, n_items], got shape {tuple(s.shape)}.")
-    q, m = s.shape
-    if q == 0 or q > m:
-        raise MMLibError(f"sim has {q} queries and {m} items; query i's match is item i, so 0 < n_queries <= n_items.")
-    if torch.isnan(s).any():
-        raise MMLibError("sim holds NaN values; check the embeddings.")
-    true = s[torch.arange(q), torch.arange(q)][:, None]
-    g = np.empty(q, dtype=np.int64)
-    e = np.empty(q, dtype=np.int64)
-    for start in range(0, q, 2048):  # chunks keep the [q, m] comparison small
-        blk, t = s[start:start + 2048], true[start:start + 2048]
-        g[start:start + len(blk)] = (blk > t).sum(1).numpy()
-        e[start:start + len(blk)] = (blk == t).sum(1).numpy() - 1
-    return g, e
-
-
-def _harmonic(n: int) -> np.ndarray:
-    """H[k] = sum_{j=1..k} 1/j for k = 0..n."""
-    return np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, n + 1))])
-
-
-def match_ranks(sim: Any) -> np.ndarray:
-    """Expected 1-based rank of each query's match (ties: the mean rank of the tied block)."""
-    g, e = _rank_counts(sim)
-    return 1.0 + g + e / 2.0
-
-
-def recall_at_k(sim: Any, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
-    """``{"R@K": fraction of queries whose match is among the top K}`` for each K."""
-    g, e = _rank_counts(sim)
-    out = {}
-    for k in ks:
-        if int(k) < 1:
-            raise MMLibError(f"recall_at_k: K must be >= 1, got {k}.")
-        out[f"R@{int(k)}"] = float(np.clip((int(k) - g) / (e + 1.0), 0.0, 1.0).mean())
-    return out
-
-
-def mrr(sim: Any) -> float:
-    """Mean reciprocal rank of each query's match."""
-    g, e = _rank_counts(sim)
-    h = _harmonic(int(g.max() + e.max() + 1))
-    return float(((h[g + e + 1] - h[g]) / (e + 1.0)).mean())
-
-
 def random_baseline(n_items: int, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
     """Exact expectations for a random ranking of ``n_items``: Recall@K = min(K, n)/n, MRR = H_n / n."""
     n = int(n_items)
     if n < 1:
         raise MMLibError(f"random_baseline: n_items must be >= 1, got {n_items}.")
     out = {f"R@{int(k)}": min(int(k), n) / n for k in ks}
-    out["MRR"] = float(_harmonic(n)[n] / n)
+    out["MRR"] = float(harmonic(n)[n] / n)
     return out
 
 
@@ -125,7 +76,7 @@ def group_ceiling(query_groups: Sequence[Any], item_groups: Sequence[Any], ks: S
     size = dict(zip(values.tolist(), counts.tolist()))
     gsize = np.array([size.get(v, 1) for v in qg.tolist()], dtype=np.int64)
     out = {f"R@{int(k)}": float(np.minimum(1.0, int(k) / gsize).mean()) for k in ks}
-    h = _harmonic(int(gsize.max()))
+    h = harmonic(int(gsize.max()))
     out["MRR"] = float((h[gsize] / gsize).mean())
     return out
 

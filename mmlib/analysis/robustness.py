@@ -1,5 +1,5 @@
-"""Evaluation beyond one score: modality ablation at inference, noise, robustness
-curves, modality attribution (exact Shapley values) and error analysis.
+"""Robustness of a trained model: a modality dropped at inference, noise at levels,
+and robustness curves with MultiBench's relative / effective robustness scores.
 
 Everything here works on a trained ``mmlib.training.trainer.Trainer`` through its two
 inference hooks, so no model is modified:
@@ -13,11 +13,11 @@ inference hooks, so no model is modified:
 Batches follow ``mmlib.data.base``: ``{"inputs": {mod: {key: tensor}}, "present":
 {mod: bool tensor}, "y": tensor, "idx": tensor}``; the modality kind is read from
 the tensor keys (``num``/``cat`` tabular, ``tokens`` text, ``pixels`` image, ``x``
-embedding).
+embedding). Attribution (Shapley values over modalities) is in
+``mmlib.analysis.attribution``; error tables in ``mmlib.analysis.errors``.
 """
 from __future__ import annotations
 
-import itertools
 import math
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -25,7 +25,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mmlib.training.metrics import compute_metrics, primary_metric
 from mmlib.utils import MMLibError
 
 DROP_MODES = ("mask", "zero", "mean")
@@ -35,7 +34,7 @@ _CHUNK = 2048  # rows per chunk when computing statistics over a whole split
 
 
 # --------------------------------------------------------------------- helpers
-def _trainer_dataset(trainer: Any):
+def trainer_dataset(trainer: Any):
     """The dataset a trainer evaluates on (``Trainer.data``: already on its device)."""
     for attr in ("data", "dataset"):
         ds = getattr(trainer, attr, None)
@@ -44,13 +43,15 @@ def _trainer_dataset(trainer: Any):
     raise MMLibError(f"{type(trainer).__name__} holds no dataset (`data`); pass an mmlib.training.trainer.Trainer.")
 
 
-def _trainer_modalities(trainer: Any) -> list[str]:
+def trainer_modalities(trainer: Any) -> list[str]:
+    """The modalities the trainer's model reads (the dataset's when the model does not say)."""
     model = getattr(trainer, "model", None)
     mods = getattr(model, "modalities", None)
-    return list(mods) if mods is not None else list(_trainer_dataset(trainer).modalities)
+    return list(mods) if mods is not None else list(trainer_dataset(trainer).modalities)
 
 
-def _check_modality(ds, modality: str) -> None:
+def check_modality(ds, modality: str) -> None:
+    """Raise a clear MMLibError when ``ds`` has no modality ``modality``."""
     if modality not in ds.modalities:
         raise MMLibError(f"Unknown modality {modality!r}; dataset {ds.name!r} has {list(ds.modalities)}.")
 
@@ -77,7 +78,8 @@ def kind_of(tensors: Mapping[str, torch.Tensor]) -> str:
                      "pixels or x.")
 
 
-def _rows_of(ds, split: str | np.ndarray) -> np.ndarray:
+def split_rows(ds, split: str | np.ndarray) -> np.ndarray:
+    """The row indices of a named split of ``ds`` (an index array passes through)."""
     if isinstance(split, str):
         if split not in ds.splits:
             raise MMLibError(f"Unknown split {split!r}; dataset {ds.name!r} has {list(ds.splits)}.")
@@ -87,7 +89,7 @@ def _rows_of(ds, split: str | np.ndarray) -> np.ndarray:
 
 def _present_train_rows(ds, modality: str) -> torch.Tensor:
     m = ds.modalities[modality]
-    rows = torch.as_tensor(_rows_of(ds, "train"), dtype=torch.long, device=m.present.device)
+    rows = torch.as_tensor(split_rows(ds, "train"), dtype=torch.long, device=m.present.device)
     rows = rows[m.present[rows]]
     if len(rows) == 0:
         raise MMLibError(f"Modality {modality!r} is absent from every training row: no statistics to impute from.")
@@ -122,7 +124,7 @@ def imputation_values(ds, modality: str) -> dict[str, torch.Tensor]:
     """What "mean" imputation puts in: per key, the training-split mean over present
     rows for float tensors (per column / pixel / dimension; images rounded to uint8)
     and the per-position mode for integer ids (token ids, category ids)."""
-    _check_modality(ds, modality)
+    check_modality(ds, modality)
     m = ds.modalities[modality]
     rows = _present_train_rows(ds, modality)
     out = {}
@@ -140,7 +142,7 @@ def corruption_stats(ds, modality: str) -> dict[str, Any]:
     """What ``corrupt_batch`` needs to know about a modality beyond one batch: the
     vocabulary size (text), category cardinalities (tabular) and the training-split
     feature std (embedding)."""
-    _check_modality(ds, modality)
+    check_modality(ds, modality)
     m = ds.modalities[modality]
     info = dict(m.info)
     stats: dict[str, Any] = {}
@@ -266,8 +268,8 @@ def drop_modality_hooks(trainer: Any, modality: str, mode: str = "mask"
                         ) -> tuple[dict[str, bool] | None, Callable[[dict], dict] | None]:
     """The ``(present_override, transform)`` pair that removes ``modality`` at inference
     (see ``drop_modality``); usable with ``trainer.predict`` too."""
-    ds = _trainer_dataset(trainer)
-    _check_modality(ds, modality)
+    ds = trainer_dataset(trainer)
+    check_modality(ds, modality)
     if mode not in DROP_MODES:
         raise MMLibError(f"Unknown drop mode {mode!r}; choose one of {DROP_MODES}.")
     if mode == "mask":
@@ -304,8 +306,8 @@ def robustness_curve(trainer: Any, modality: str, levels: Iterable[float], split
     in the level (common random numbers) and reproducible; level 0 equals the clean
     evaluation exactly.
     """
-    ds = _trainer_dataset(trainer)
-    _check_modality(ds, modality)
+    ds = trainer_dataset(trainer)
+    check_modality(ds, modality)
     levels = [_check_level(lv) for lv in levels]
     if not levels:
         raise MMLibError("robustness_curve: give at least one noise level, e.g. [0, 0.25, 0.5, 0.75, 1].")
@@ -374,170 +376,7 @@ def effective_robustness(levels: Sequence[float], scores: Sequence[float], ref_s
     return _trapezoid(x, gain) / (x[-1] - x[0])
 
 
-# ------------------------------------------------------------------- Shapley
-def all_subsets(players: Sequence[str]) -> list[frozenset[str]]:
-    """Every subset of ``players``, the empty set first, by size."""
-    players = list(players)
-    return [frozenset(c) for r in range(len(players) + 1) for c in itertools.combinations(players, r)]
-
-
-def shapley_values(value: Mapping[frozenset[str], float], players: Sequence[str]) -> dict[str, float]:
-    """Exact Shapley values of a cooperative game over ``players`` (all subsets):
-
-        φ_i = Σ_{S ⊆ N∖{i}} |S|! (n − |S| − 1)! / n! · (v(S ∪ {i}) − v(S)).
-
-    ``value`` must give v(S) for every subset S, the empty set included (e.g. the
-    score of a constant prediction); a missing subset is an error rather than a
-    silent 0. The values add up to v(N) − v(∅) (efficiency).
-    """
-    players = list(players)
-    if len(set(players)) != len(players) or not players:
-        raise MMLibError(f"shapley_values: players must be distinct and non-empty, got {players}.")
-    value = {frozenset(k): float(v) for k, v in value.items()}
-    missing = [sorted(s) for s in all_subsets(players) if s not in value]
-    if missing:
-        raise MMLibError(f"shapley_values: no value for subset(s) {missing[:5]}{' ...' if len(missing) > 5 else ''}; "
-                         "every subset, the empty one included, needs a value.")
-    n = len(players)
-    out = {}
-    for p in players:
-        others = [q for q in players if q != p]
-        total = 0.0
-        for r in range(n):
-            w = math.factorial(r) * math.factorial(n - r - 1) / math.factorial(n)
-            for coal in itertools.combinations(others, r):
-                s = frozenset(coal)
-                total += w * (value[s | {p}] - value[s])
-        out[p] = total
-    return out
-
-
-def _metric_from(metrics: Mapping[str, float], metric: str, split: str) -> float:
-    for key in (metric, f"{split}_{metric}"):
-        if key in metrics:
-            return float(metrics[key])
-    raise MMLibError(f"Metric {metric!r} not among the evaluation's metrics {sorted(metrics)}.")
-
-
-def constant_prediction(ds, n: int) -> np.ndarray:
-    """The best input-free prediction for ``n`` rows, in the format ``Trainer.predict``
-    returns: the training mean (regression), the positive-class rate (binary) or the
-    class prior (multiclass, [n, C])."""
-    y = ds.target[torch.as_tensor(_rows_of(ds, "train"), device=ds.target.device)].detach().cpu()
-    if ds.task == "regression":
-        return np.full(n, float(y.double().mean()))
-    if ds.task == "binary":
-        return np.full(n, float(y.double().mean()))
-    prior = torch.bincount(y.long(), minlength=int(ds.n_classes)).double()
-    prior = (prior / prior.sum()).numpy()
-    return np.tile(prior, (n, 1))
-
-
-def constant_metrics(ds, split: str = "test") -> dict[str, float]:
-    """Metrics of ``constant_prediction`` on ``split`` (R² ≈ 0, AUC 0.5, ...)."""
-    rows = _rows_of(ds, split)
-    y = ds.target[torch.as_tensor(rows, device=ds.target.device)].detach().cpu().numpy()
-    return compute_metrics(ds.task, y, constant_prediction(ds, len(rows)), n_classes=ds.n_classes)
-
-
-def subset_values_by_masking(trainer: Any, modalities: Sequence[str] | None = None, split: str = "test",
-                             metric: str | None = None) -> dict[frozenset[str], float]:
-    """The value of every subset S of ``modalities`` (default: the model's) for a trained
-    model: ``metric`` on ``split`` with every modality outside S masked at inference.
-    The empty set is the metric of a constant prediction (training mean / class
-    prior), not of the model with everything masked; so is any subset holding none of
-    the modalities the model reads (a modality the model ignores gets Shapley value 0).
-    ``metric`` defaults to the task's primary metric. Feed the result to ``shapley_values``."""
-    ds = _trainer_dataset(trainer)
-    mods = list(modalities) if modalities is not None else _trainer_modalities(trainer)
-    for m in mods:
-        _check_modality(ds, m)
-    metric = metric or primary_metric(ds.task)[0]
-    used = set(_trainer_modalities(trainer))
-    values: dict[frozenset[str], float] = {frozenset(): _metric_from(constant_metrics(ds, split), metric, split)}
-    for s in all_subsets(mods):
-        if not s & used:  # nothing the model reads: no information, the same value as the empty set
-            values[s] = values[frozenset()]
-            continue
-        override = {m: False for m in mods if m not in s}
-        values[s] = _metric_from(trainer.evaluate(split, present_override=override or None), metric, split)
-    return values
-
-
-def shapley_table(value: Mapping[frozenset[str], float], players: Sequence[str]) -> pd.DataFrame:
-    """Shapley values as a DataFrame (modality, shapley, share of v(N) − v(∅), solo value v({m}))."""
-    phi = shapley_values(value, players)
-    total = value[frozenset(players)] - value[frozenset()]
-    return pd.DataFrame({
-        "modality": list(phi),
-        "shapley": [phi[p] for p in phi],
-        "share": [phi[p] / total if total else np.nan for p in phi],
-        "solo": [value[frozenset([p])] - value[frozenset()] for p in phi],
-    })
-
-
-# ---------------------------------------------------------------- error analysis
-def _as_1d(a: Any, name: str) -> np.ndarray:
-    if isinstance(a, torch.Tensor):
-        a = a.detach().cpu().numpy()
-    a = np.asarray(a, dtype=float).reshape(-1)
-    if not len(a):
-        raise MMLibError(f"{name} is empty.")
-    return a
-
-
-def _smape_pct(t: np.ndarray, p: np.ndarray) -> np.ndarray:
-    den = np.abs(t) + np.abs(p)
-    return 100 * np.divide(2 * np.abs(p - t), den, out=np.zeros_like(den), where=den > 0)
-
-
-def error_by_bins(y_true: Any, y_pred: Any, bins: int = 5, digits: int = 4) -> pd.DataFrame:
-    """Regression errors per quantile bin of the *true* target: where does the model fail?
-
-    Columns: ``bin`` (1 = lowest targets), ``y_min``, ``y_max``, ``n``, ``mae``,
-    ``smape`` (percent, 2|p−y|/(|p|+|y|)), ``bias`` (mean of prediction − truth:
-    negative = under-predicts). Ties in the target may merge bins.
-    """
-    t, p = _as_1d(y_true, "y_true"), _as_1d(y_pred, "y_pred")
-    if t.shape != p.shape:
-        raise MMLibError(f"error_by_bins: y_true has {len(t)} values but y_pred has {len(p)}.")
-    if int(bins) < 1:
-        raise MMLibError(f"error_by_bins: bins must be >= 1, got {bins}.")
-    codes = pd.qcut(t, q=int(bins), labels=False, duplicates="drop") if bins > 1 else np.zeros(len(t), int)
-    df = pd.DataFrame({"bin": np.asarray(codes) + 1, "y": t, "err": p - t, "smape": _smape_pct(t, p)})
-    out = df.groupby("bin").agg(y_min=("y", "min"), y_max=("y", "max"), n=("y", "size"),
-                                mae=("err", lambda e: np.abs(e).mean()), smape=("smape", "mean"),
-                                bias=("err", "mean")).reset_index()
-    out["n"] = out["n"].astype(int)
-    return out.round(digits)
-
-
-def worst_best(y_true: Any, y_pred: Any, k: int = 20, ids: Sequence[Any] | None = None,
-               digits: int = 4) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The ``k`` worst and ``k`` best predictions by absolute error.
-
-    Each frame has ``id`` (``ids`` or the position), ``y_true``, ``y_pred``, ``error``
-    (prediction − truth), ``abs_error`` and ``smape`` (percent); worst first in
-    ``worst``, best first in ``best``.
-    """
-    t, p = _as_1d(y_true, "y_true"), _as_1d(y_pred, "y_pred")
-    if t.shape != p.shape:
-        raise MMLibError(f"worst_best: y_true has {len(t)} values but y_pred has {len(p)}.")
-    ids = np.arange(len(t)) if ids is None else np.asarray(ids)
-    if len(ids) != len(t):
-        raise MMLibError(f"worst_best: {len(ids)} ids for {len(t)} predictions.")
-    df = pd.DataFrame({"id": ids, "y_true": t, "y_pred": p, "error": p - t, "abs_error": np.abs(p - t),
-                       "smape": _smape_pct(t, p)})
-    order = df.sort_values("abs_error", kind="stable")
-    k = int(k)
-    worst = order.iloc[::-1].head(k).reset_index(drop=True).round(digits)
-    best = order.head(k).reset_index(drop=True).round(digits)
-    return worst, best
-
-
 __all__ = [
     "DROP_MODES", "kind_of", "imputation_values", "corruption_stats", "corrupt_batch", "drop_modality_hooks",
-    "drop_modality", "robustness_curve", "relative_robustness", "effective_robustness", "all_subsets",
-    "shapley_values", "shapley_table", "constant_prediction", "constant_metrics", "subset_values_by_masking",
-    "error_by_bins", "worst_best",
+    "drop_modality", "robustness_curve", "relative_robustness", "effective_robustness",
 ]

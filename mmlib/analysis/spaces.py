@@ -11,7 +11,6 @@ The methods used are returned (``FrozenEmbeddings.method``), so reports can say 
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import io
 import time
@@ -25,8 +24,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mmlib.analysis.alignment import _autocast
 from mmlib.models.alignment import ConvAutoencoder, find_modality
+from mmlib.training.config import TrainConfig
+from mmlib.training.objectives import ReconstructionObjective
+from mmlib.training.trainer import Trainer
 from mmlib.utils import MMLibError, resolve_device, set_seeds
 
 
@@ -106,54 +107,14 @@ def image_embeddings_autoencoder(dataset: Any, dim: int = 64, epochs: int = 15, 
             pass  # a broken cache file is simply recomputed
 
     set_seeds(seed)
-    size = int(pixels.shape[-1])
-    model = ConvAutoencoder(dim=dim, size=size, width=width).to(dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-5)
-    gen = torch.Generator().manual_seed(seed)
-    train_px = pixels[torch.as_tensor(train_rows)].to(dev)
-    val_px = pixels[torch.as_tensor(val_rows)].to(dev) if len(val_rows) else train_px[:256]
-    per_epoch = max(1, -(-len(train_rows) // batch_size))
-    if max_batches_per_epoch is not None:
-        per_epoch = max(1, min(per_epoch, int(max_batches_per_epoch)))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * per_epoch)
-    autocast, scaler = _autocast(dev, True)
-    hist, best, best_state = [], float("inf"), None
-    t0 = time.perf_counter()
-    it: Any = range(1, epochs + 1)
-    if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(it, desc="image autoencoder", leave=False)
-    for epoch in it:
-        model.train()
-        perm = torch.randperm(len(train_px), generator=gen)
-        tot, cnt = 0.0, 0
-        for bi in range(per_epoch):
-            idx = perm[bi * batch_size:(bi + 1) * batch_size].to(dev)
-            if len(idx) < 2:  # BatchNorm needs two rows
-                continue
-            x = train_px[idx]
-            with autocast():
-                rec = model(x)
-            loss = F.mse_loss(rec.float(), model.to_float(x))
-            opt.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-            else:
-                loss.backward()
-                opt.step()
-            sched.step()
-            tot += float(loss.detach()) * len(idx)
-            cnt += len(idx)
-        val_mse = _recon_mse(model, val_px, batch_size=512)
-        hist.append({"epoch": epoch, "train_mse": tot / max(cnt, 1), "val_mse": val_mse})
-        if val_mse < best:
-            best, best_state = val_mse, copy.deepcopy(model.state_dict())
-    train_time = time.perf_counter() - t0
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    model = ConvAutoencoder(dim=dim, size=int(pixels.shape[-1]), width=width)
+    train_px = pixels[torch.as_tensor(train_rows)]
+    val_px = pixels[torch.as_tensor(val_rows)] if len(val_rows) else train_px[:256]
+    config = TrainConfig(epochs=int(epochs), batch_size=int(batch_size), lr=lr, weight_decay=1e-5, scheduler="onecycle",
+                         grad_clip=None, patience=None, device=str(dev), seed=int(seed), progress=progress,
+                         max_batches_per_epoch=max_batches_per_epoch)
+    fit = Trainer(model, config=config, objective=ReconstructionObjective(train_px, val_px)).fit()
+    train_time, best = fit.train_time_s, fit.best_val
     model.eval()
     x = np.zeros((len(present), dim), dtype=np.float32)
     rows = np.flatnonzero(present)
@@ -161,7 +122,7 @@ def image_embeddings_autoencoder(dataset: Any, dim: int = 64, epochs: int = 15, 
         for s in range(0, len(rows), 1024):
             r = torch.as_tensor(rows[s:s + 1024])
             x[rows[s:s + 1024]] = model.encode(pixels[r].to(dev)).float().cpu().numpy()
-    history = pd.DataFrame(hist)
+    history = fit.history.rename(columns={"train_loss": "train_mse"})[["epoch", "train_mse", "val_mse"]]
     if cache:
         _save_npz(path, x=x, train_time_s=np.array(train_time), val_mse=np.array(best),
                   **{f"history/{c}": history[c].to_numpy() for c in history.columns})
@@ -180,16 +141,6 @@ def autoencoder_for_profile(dataset: Any, profile: Mapping[str, Any], device: st
     return image_embeddings_autoencoder(dataset, dim=AE_DIM, epochs=min(int(profile["epochs"]), AE_MAX_EPOCHS),
                                         seed=int(profile["seeds"][0]), device=device,
                                         max_batches_per_epoch=profile.get("max_batches_per_epoch"), progress=progress)
-
-
-@torch.no_grad()
-def _recon_mse(model: ConvAutoencoder, px: torch.Tensor, batch_size: int = 512) -> float:
-    model.eval()
-    tot = 0.0
-    for s in range(0, len(px), batch_size):
-        x = px[s:s + batch_size]
-        tot += float(F.mse_loss(model(x).float(), model.to_float(x), reduction="sum"))
-    return tot / max(px[:1].numel() * len(px), 1)
 
 
 def _save_npz(path: Any, **arrays: np.ndarray) -> None:

@@ -23,7 +23,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from mmlib.training.metrics import compute_metrics, primary_metric
+from mmlib.training.metrics import compute_metrics
+from mmlib.training.tasks import primary_metric
+from mmlib.analysis.summaries import Summary
 from mmlib.reporting.records import RecordWriter, fmt_mean_std
 from mmlib.utils import MMLibError
 
@@ -52,17 +54,15 @@ def apply_stack(preds: np.ndarray, weights: np.ndarray, intercept: float, task: 
 
 def stacked_ensemble(dataset: Any, members: Mapping[str, Sequence[Any]], seeds: Sequence[int], writer: RecordWriter,
                      baselines: Mapping[str, Mapping[str, np.ndarray]] | None = None,
-                     experiment: str = "stacking") -> Any:
+                     experiment: str = "stacking") -> Summary | None:
     """Stack, for each seed, the networks ``members[name][i]`` (``RunResult`` of seed
     ``seeds[i]``, predicting through their trainer) and the fixed ``baselines``
     (``{name: {"val": pred, "test": pred}}``, the same for every seed).
 
     Writes one record per seed (model ``stack``, the weights in ``extra``) and returns a
-    ``mmlib.analysis.study.Summary`` whose table holds, per member and for the stack, the test
+    ``mmlib.analysis.summaries.Summary`` whose table holds, per member and for the stack, the test
     metric (mean ± std over seeds) and the mean stacking weight; None for a multiclass task.
     """
-    from mmlib.analysis.study import Summary
-
     task = dataset.task
     if task == "multiclass":
         return None

@@ -23,6 +23,7 @@ zeros and models must not read them (fusions use the mask).
 from __future__ import annotations
 
 import copy
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -160,13 +161,19 @@ class MultimodalDataset:
         return out
 
     def to(self, device: str | torch.device) -> "MultimodalDataset":
-        """Move every tensor to ``device`` once (keeps uint8 images as uint8)."""
+        """A view with every tensor on ``device`` (uint8 images stay uint8).
+
+        On an accelerator every view and every trainer of one dataset share a single device
+        copy of each tensor (many fits on a GPU keep one copy of the images, not one per run);
+        the copy is freed with the source tensor and refreshed after an in-place edit of it."""
+        device = torch.device(device)
         out = copy.copy(self)
         out.modalities = {
-            k: Modality(m.name, m.kind, {kk: vv.to(device) for kk, vv in m.tensors.items()}, m.present.to(device), m.info)
+            k: Modality(m.name, m.kind, {kk: _on_device(vv, device) for kk, vv in m.tensors.items()},
+                        _on_device(m.present, device), m.info)
             for k, m in self.modalities.items()
         }
-        out.target = self.target.to(device)
+        out.target = _on_device(self.target, device)
         return out
 
     @property
@@ -210,6 +217,27 @@ class MultimodalDataset:
     def n_batches(self, split: str, batch_size: int, drop_last: bool = False) -> int:
         n = len(self.splits[split])
         return n // batch_size if drop_last else -(-n // batch_size)
+
+
+# (id(source tensor), device) -> (weakref to it, its in-place version, device copy)
+_DEVICE_COPIES: dict[tuple[int, str], tuple[weakref.ref, int, torch.Tensor]] = {}
+
+
+def _on_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    if t.device == device or device.type == "cpu":
+        return t.to(device)
+    key = (id(t), str(device))
+    hit = _DEVICE_COPIES.get(key)
+    if hit is not None and hit[0]() is t and hit[1] == t._version:
+        return hit[2]
+    moved = t.to(device)
+    _DEVICE_COPIES[key] = (weakref.ref(t, lambda _ref, key=key: _DEVICE_COPIES.pop(key, None)), t._version, moved)
+    return moved
+
+
+def clear_device_copies() -> None:
+    """Forget the shared device copies (views and trainers still holding one keep it)."""
+    _DEVICE_COPIES.clear()
 
 
 def make_splits(n: int, seed: int, val_frac: float = 0.15, test_frac: float = 0.15) -> dict[str, np.ndarray]:

@@ -24,7 +24,7 @@ from mmlib.models.fusion import (
     LowRankTensorFusion,
     MoEFusion,
 )
-from mmlib.models.losses import cosine_loss, get_loss, info_nce, predict_from_output, smape
+from mmlib.models.losses import cosine_loss, info_nce
 from mmlib.models.model import MultimodalModel, build_model, build_model_from_config
 
 __all__ = [
@@ -33,5 +33,5 @@ __all__ = [
     "FUSIONS", "Fusion", "EarlyFusion", "LateFusion", "LearnedWeightFusion", "GatedFusion", "AttentionFusion",
     "LowRankTensorFusion", "BilinearFusion", "MoEFusion",
     "MultimodalModel", "build_model", "build_model_from_config",
-    "get_loss", "smape", "info_nce", "cosine_loss", "predict_from_output",
+    "info_nce", "cosine_loss",
 ]

@@ -27,7 +27,8 @@ import numpy as np
 import pandas as pd
 
 from mmlib.data.base import MultimodalDataset
-from mmlib.training.metrics import compute_metrics, primary_metric
+from mmlib.training.metrics import compute_metrics
+from mmlib.training.tasks import primary_metric
 from mmlib.utils import MMLibError
 
 MISSING_CATEGORY = "<missing>"

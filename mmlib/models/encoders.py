@@ -31,6 +31,7 @@ def init_weights(module: nn.Module, negative_slope: float = 0.0) -> None:
 
 
 def _mlp(in_dim: int, hidden: int, out_dim: int, dropout: float = 0.0) -> nn.Sequential:
+    """Linear → ReLU → Dropout → Linear: the two-layer MLP of the encoders and of the fusion heads."""
     return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, out_dim))
 
 

@@ -17,15 +17,11 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from mmlib.models.encoders import init_weights
+from mmlib.models.encoders import _mlp, init_weights
 from mmlib.utils import MMLibError
 
 
 # ---------------------------------------------------------------------- helpers
-def _mlp(in_dim: int, hidden: int, out_dim: int, dropout: float) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, out_dim))
-
-
 def _projector(in_dim: int, hidden: int) -> nn.Sequential:
     # LayerNorm puts every modality on the same scale, so learned weights compare like with like
     return nn.Sequential(nn.Linear(in_dim, hidden), nn.LayerNorm(hidden), nn.ReLU())

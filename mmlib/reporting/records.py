@@ -13,7 +13,7 @@ dataset sub-folder is added here, so a notebook never builds that path itself.
 
 ``load_records`` turns every published file into one tidy DataFrame (metrics as
 ``metric_<name>`` columns); ``summarize`` / ``fmt_mean_std`` give mean ± std over
-seeds; ``experiments_markdown`` writes the per-dataset experiment log.
+seeds. The per-dataset experiment log is ``mmlib.reporting.markdown``.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from mmlib.config import PROJECT_ROOT, REPORTS_DIR
-from mmlib.utils import MMLibError, atomic_write_json
+from mmlib.utils import MMLibError, _json_default, atomic_write_json
 
 # Fields a record must carry, and the optional ones with their defaults.
 REQUIRED_FIELDS: tuple[str, ...] = ("notebook", "experiment", "dataset", "model", "modalities", "seed", "metrics")
@@ -163,18 +163,6 @@ def make_record(**fields: Any) -> dict[str, Any]:
     return {k: rec[k] for k in RECORD_FIELDS}
 
 
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
 def _finite(obj: Any) -> Any:
     """NaN / inf → None, so the files are strict JSON (they load back as NaN)."""
     if isinstance(obj, float) or isinstance(obj, np.floating):
@@ -189,15 +177,16 @@ def _finite(obj: Any) -> Any:
 # --------------------------------------------------------------------------- provenance
 
 def git_commit(root: str | Path = PROJECT_ROOT) -> str | None:
-    """Short hash of HEAD, with "+dirty" when tracked files differ from it; None
-    when ``root`` is not a git checkout (or git is missing)."""
+    """Short hash of HEAD, with "+dirty" when tracked files outside ``reports/`` differ
+    from it (a run rewrites the reports it is recording, which says nothing about the
+    code); None when ``root`` is not a git checkout (or git is missing)."""
     try:
         head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
                               capture_output=True, text=True, timeout=20)
         if head.returncode != 0:
             return None
-        status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                                capture_output=True, text=True, timeout=60)
+        status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--",
+                                 ".", ":(exclude)reports"], capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.SubprocessError):
         return None
     commit = head.stdout.strip()
@@ -415,106 +404,8 @@ def fmt_mean_std(mean: float, std: float | None = None, n: int | None = None, di
     return text
 
 
-# --------------------------------------------------------------------------- experiment log
-
-MAX_TABLE_METRICS = 6
-
-
-def _metric_rank(name: str) -> int:
-    # Held-out numbers first: they are the ones the analysis quotes.
-    for i, prefix in enumerate(("test_", "val_")):
-        if name.startswith(prefix):
-            return i
-    return 3 if name.startswith("train_") else 2
-
-
-def _md_cell(x: Any) -> str:
-    return str(x).replace("|", "\\|").replace("\n", " ")
-
-
-def _md_table(header: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(_md_cell(h) for h in header) + " |",
-             "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(_md_cell(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def _fmt_int(x: float) -> str:
-    return "" if x is None or not np.isfinite(x) else f"{int(round(x)):,}"
-
-
-def experiments_markdown(df: pd.DataFrame, dataset: str, digits: int = 3) -> str:
-    """The experiment log of one dataset as markdown, generated from its records:
-    one section per notebook, one table per experiment with mean ± std over
-    seeds of its main metrics (held-out first, at most ``MAX_TABLE_METRICS``),
-    parameter count, training time and epochs."""
-    sub = df[df["dataset"] == dataset] if len(df) else df
-    lines = [f"# Experiment log: {dataset}", ""]
-    if not len(sub):
-        lines += [f"No result records for dataset `{dataset}` yet.", ""]
-        return "\n".join(lines)
-    notebooks = sorted(sub["notebook"].unique())
-    devices = sorted({d for d in sub["device"].dropna().unique()})
-    lines += [
-        f"Generated from {len(sub)} result records of {len(notebooks)} notebook(s) on {utc_now()} "
-        f"(devices: {', '.join(devices) or 'not recorded'}). Nothing here is typed by hand: "
-        "rerun the notebooks to refresh it.",
-        "",
-        "Each metric cell is mean ± std over seeds (std omitted for one seed); `seeds` is the number of "
-        "seeds in the group; params, train time and epochs are means over seeds.",
-        "",
-    ]
-    keys = ["model", "fusion", "modality_set", "condition"]
-    for nb in notebooks:
-        nbdf = sub[sub["notebook"] == nb]
-        lines += [f"## {nb}", ""]
-        for exp in dict.fromkeys(nbdf["experiment"]):  # first-appearance order
-            e = nbdf[nbdf["experiment"] == exp]
-            mcols = [c for c in metric_columns(e) if e[c].notna().any()]
-            names = sorted((c[len("metric_"):] for c in mcols), key=_metric_rank)  # stable: keeps file order within a rank
-            shown, hidden = names[:MAX_TABLE_METRICS], names[MAX_TABLE_METRICS:]
-            # Leave out columns that say nothing here (all "none" fusion, all-clean condition, no timings).
-            cols = [k for k in keys if not (k == "fusion" and (e[k] == "none").all())
-                    and not (k == "condition" and (e[k] == "").all())]
-            seeds = sorted(e["seed"].unique())
-            lines += [f"### {exp}", "",
-                      f"{len(e)} record{'s' if len(e) != 1 else ''}, seed{'s' if len(seeds) != 1 else ''} "
-                      f"{', '.join(map(str, seeds))}.", ""]
-            g = e.groupby(cols, dropna=False, sort=False)
-            header = [{"modality_set": "modalities"}.get(c, c) for c in cols] + ["seeds"] + shown
-            extra_cols = []
-            if e["n_params"].notna().any():
-                extra_cols.append("params")
-            if e["train_time_s"].notna().any():
-                extra_cols.append("train time (s)")
-            if e["epochs"].notna().any():
-                extra_cols.append("epochs")
-            header += extra_cols
-            rows = []
-            for key, grp in g:
-                key = key if isinstance(key, tuple) else (key,)
-                row: list[Any] = [("" if (isinstance(k, float) and np.isnan(k)) else k) for k in key]
-                row.append(grp["seed"].nunique())
-                for m in shown:
-                    s = grp[f"metric_{m}"]
-                    row.append(fmt_mean_std(s.mean(), s.std(), None, digits))
-                if "params" in extra_cols:
-                    row.append(_fmt_int(grp["n_params"].mean()))
-                if "train time (s)" in extra_cols:
-                    t = grp["train_time_s"]
-                    row.append(fmt_mean_std(t.mean(), t.std(), None, 1))
-                if "epochs" in extra_cols:
-                    ep = grp["epochs"].mean()
-                    row.append("" if not np.isfinite(ep) else f"{ep:.1f}".removesuffix(".0"))
-                rows.append(row)
-            lines += [_md_table(header, rows), ""]
-            if hidden:
-                lines += [f"Other metrics in these records: {', '.join(hidden)}.", ""]
-    return "\n".join(lines)
-
-
 __all__ = [
     "REQUIRED_FIELDS", "OPTIONAL_FIELDS", "RECORD_FIELDS", "make_record", "RecordWriter", "read_records_file",
-    "load_records", "metric_columns", "summarize", "fmt_mean_std", "experiments_markdown", "git_commit",
+    "load_records", "metric_columns", "summarize", "fmt_mean_std", "git_commit",
     "results_path", "utc_now",
 ]

@@ -22,19 +22,17 @@ For each dataset and notebook (``notebooks/NN_*.ipynb``, in order) it
    device, commit, profile, date per dataset × notebook) and ``<out_dir>/index.html``.
 
 A lock file keeps two runs from writing into the same folder at once.
+The parts live beside this module: ``notebooks`` (discovery, parameters), ``lock``
+(``RunLock``), ``index`` (runs.json, index.html, experiments.md).
 Exit codes: 0 ok, 1 a notebook failed, 2 bad usage (one ``error: …`` line), 130 interrupted.
 """
 from __future__ import annotations
 
 import argparse
-import ast
 import contextlib
 import copy
-import html
-import json
 import os
 import shutil
-import socket
 import sys
 import time
 from collections import Counter
@@ -45,29 +43,22 @@ from typing import Any, Iterator, Sequence
 import nbformat
 import papermill
 from papermill.exceptions import PapermillExecutionError
-from papermill.translators import papermill_translators
 
 from mmlib.config import NOTEBOOKS_DIR, REPORTS_DIR
 from mmlib.training.profiles import get_profile, profile_names
-from mmlib.reporting.records import (RESULTS_SUFFIX, experiments_markdown, git_commit, load_records, read_records_file,
-                           utc_now)
-from mmlib.utils import MMLibError, atomic_write_json, atomic_write_text
+from mmlib.reporting.index import (EXPERIMENTS_NAME, INDEX_NAME, fmt_duration, load_runs, save_runs, write_experiments,
+                                   write_index)
+from mmlib.reporting.lock import RunLock, _warn
+from mmlib.reporting.notebooks import (KERNEL_NAME, check_extras, discover_notebooks, find_first_tagged_cell_index,
+                                       notebook_inputs, notebook_parameters, parse_params, select_notebooks)
+from mmlib.reporting.records import RESULTS_SUFFIX, git_commit, read_records_file, utc_now
+from mmlib.utils import MMLibError, atomic_write_text
 
-# Parameters the runner passes to every notebook that declares them.
-STANDARD_PARAMS: tuple[str, ...] = ("dataset", "profile", "device", "out_dir", "records_dir")
-_STANDARD_OPTION = {"dataset": "--datasets", "profile": "--profile", "device": "--device",
-                    "out_dir": "--out-dir", "records_dir": "--out-dir"}
 DEFAULT_DATASETS: tuple[str, ...] = ("spacecraft", "clothing")
-NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"
-LOCK_NAME = ".mmlib-run.lock"
-RUNS_NAME = "runs.json"
-INDEX_NAME = "index.html"
-EXPERIMENTS_NAME = "experiments.md"
 STAGING_PREFIX = ".staging-"
 EXECUTED_NAME = ".executed.ipynb"   # the executed copy, inside the staging folder; never published
 KERNEL_LOG_NAME = ".kernel-stderr.log"  # the kernel process's own stderr (startup warnings, crashes)
 _RUNNER_FILES = (EXECUTED_NAME, KERNEL_LOG_NAME)
-KERNEL_NAME = "python3"
 # Environment of the notebook kernels. The inline backend is forced so that an
 # MPLBACKEND=Agg in the caller's shell cannot silently drop every figure from the
 # reports; tqdm bars render as widget junk in HTML, so they are off unless the
@@ -79,316 +70,6 @@ KERNEL_ENV_DEFAULTS = {"TQDM_DISABLE": "1"}
 
 def _say(msg: str = "") -> None:
     print(msg, flush=True)
-
-
-def _warn(msg: str) -> None:
-    print(f"warning: {msg}", file=sys.stderr, flush=True)
-
-
-def fmt_duration(seconds: float | None) -> str:
-    """``12.3 s``, ``4 min 05 s``, ``1 h 02 min``."""
-    if seconds is None:
-        return ""
-    s = float(seconds)
-    if s < 60:
-        return f"{s:.1f} s"
-    if s < 3600:
-        return f"{int(s // 60)} min {int(s % 60):02d} s"
-    return f"{int(s // 3600)} h {int(s % 3600 // 60):02d} min"
-
-
-# --------------------------------------------------------------------------- notebooks and parameters
-
-def find_first_tagged_cell_index(nb: nbformat.NotebookNode, tag: str) -> int:
-    """Index of the first cell carrying ``tag``, -1 if none (papermill's helper
-    assumes every cell has a ``tags`` list, which nbformat.read does not give)."""
-    for i, cell in enumerate(nb.cells):
-        if tag in cell.get("metadata", {}).get("tags", []):
-            return i
-    return -1
-
-
-def discover_notebooks(notebooks_dir: str | Path = NOTEBOOKS_DIR) -> list[Path]:
-    """``NN_*.ipynb`` in ``notebooks_dir``, in name order."""
-    d = Path(notebooks_dir)
-    if not d.is_dir():
-        raise MMLibError(f"notebooks folder not found: {d} (pass --notebooks-dir).")
-    found = sorted(p for p in d.glob(NOTEBOOK_GLOB) if p.is_file())
-    if not found:
-        raise MMLibError(f"no notebooks named NN_*.ipynb in {d} (pass --notebooks-dir).")
-    return found
-
-
-def select_notebooks(available: Sequence[Path], prefixes: Sequence[str] | None) -> list[Path]:
-    """The notebooks whose names start with any of ``prefixes`` (all when empty), in order."""
-    if not prefixes or not available:
-        return list(available)
-    chosen: set[Path] = set()
-    for pre in prefixes:
-        stem = Path(pre).name.removesuffix(".ipynb")
-        hits = [p for p in available if p.stem.startswith(stem)]
-        if not hits:
-            names = ", ".join(p.stem for p in available)
-            raise MMLibError(f"--notebooks {pre!r} matches no notebook in {available[0].parent}. Available: {names}.")
-        chosen.update(hits)
-    return [p for p in available if p in chosen]
-
-
-def notebook_parameters(path: str | Path) -> dict[str, dict[str, Any]]:
-    """The parameters declared in the notebook's ``parameters``-tagged cell:
-    name → {name, inferred_type_name, default, help}, as ``papermill
-    --help-notebook`` shows them ({} without such a cell). Parsed with
-    papermill's Python translator, the same one ``papermill.inspect_notebook``
-    uses, so a notebook without kernel metadata is read too."""
-    path = Path(path)
-    try:
-        nb = nbformat.read(str(path), as_version=4)
-    except Exception as exc:  # nbformat raises several types for a broken file
-        raise MMLibError(f"cannot read notebook {path}: {exc}") from exc
-    idx = find_first_tagged_cell_index(nb, "parameters")
-    if idx < 0:
-        return {}
-    translator = papermill_translators.find_translator(KERNEL_NAME, "python")
-    return {p.name: p._asdict() for p in translator.inspect(nb.cells[idx])}
-
-
-def parse_param(text: str) -> tuple[str, Any]:
-    """``"epochs=5"`` → ("epochs", 5). The value is a Python literal when it
-    parses as one (numbers, lists, None, True, quoted strings), else the raw string."""
-    key, sep, raw = text.partition("=")
-    key = key.strip()
-    if not sep or not key.isidentifier():
-        raise MMLibError(f"-p {text!r}: expected KEY=VALUE with a Python name as KEY (e.g. -p epochs=5).")
-    try:
-        value = ast.literal_eval(raw.strip())
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        value = raw
-    if isinstance(value, tuple):  # papermill writes tuples as strings; a list keeps the values
-        value = list(value)
-    return key, value
-
-
-def parse_params(items: Sequence[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items:
-        key, value = parse_param(item)
-        if key in STANDARD_PARAMS:
-            raise MMLibError(f"-p {key}=…: {key!r} is set by the runner; use {_STANDARD_OPTION[key]} instead.")
-        out[key] = value
-    return out
-
-
-def check_extras(name: str, declared: dict[str, Any], extras: dict[str, Any]) -> None:
-    """Refuse extra parameters the notebook does not declare."""
-    unknown = [k for k in extras if k not in declared]
-    if unknown:
-        valid = ", ".join(declared) or "(none: it has no cell tagged 'parameters')"
-        raise MMLibError(f"notebook {name}: unknown parameter(s) {', '.join(unknown)}. "
-                         f"Parameters it declares: {valid}.")
-
-
-def notebook_inputs(declared: dict[str, Any], standard: dict[str, Any], extras: dict[str, Any]) -> dict[str, Any]:
-    """What to inject: the standard values the notebook declares, plus the extras."""
-    params = {k: v for k, v in standard.items() if k in declared}
-    params.update(extras)
-    return params
-
-
-# --------------------------------------------------------------------------- lock
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    except OSError:
-        return False
-    return True
-
-
-class RunLock:
-    """``<out_dir>/.mmlib-run.lock``, created with O_EXCL and holding pid, host and
-    start time. A lock whose process is gone (same host) is taken over with a
-    warning; a live one (or one from another host) stops the run."""
-
-    STALE_UNREADABLE_S = 60  # an empty/garbled lock older than this is a crash leftover
-
-    def __init__(self, out_dir: str | Path):
-        self.path = Path(out_dir) / LOCK_NAME
-        self.held = False
-
-    def _read(self) -> dict[str, Any] | None:
-        try:
-            info = json.loads(self.path.read_text(encoding="utf-8"))
-            return info if isinstance(info, dict) else None
-        except (OSError, ValueError):
-            return None
-
-    def _stale_reason(self, info: dict[str, Any] | None) -> str | None:
-        if info is None:
-            try:
-                age = time.time() - self.path.stat().st_mtime
-            except FileNotFoundError:
-                return "it vanished"
-            return f"it is unreadable and {age:.0f} s old" if age > self.STALE_UNREADABLE_S else None
-        if info.get("host") != socket.gethostname():
-            return None  # can't check a process on another machine
-        try:
-            pid = int(info.get("pid"))
-        except (TypeError, ValueError):
-            return "it names no valid pid"
-        if pid == os.getpid():
-            return None  # a lock of this very process is live (e.g. a nested call)
-        return None if _pid_alive(pid) else f"process {pid} is not running"
-
-    def acquire(self) -> "RunLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(3):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                info = self._read()
-                reason = self._stale_reason(info)
-                if reason is None:
-                    info = info or {}
-                    raise MMLibError(
-                        f"another run (pid {info.get('pid', '?')} on {info.get('host', '?')}, started "
-                        f"{info.get('started', '?')}) is writing to {self.path.parent}; wait for it or remove "
-                        f"the lock file {self.path} if that process is gone.")
-                _warn(f"taking over a stale lock {self.path} ({reason}; it was "
-                      f"pid {(info or {}).get('pid', '?')} started {(info or {}).get('started', '?')}).")
-                with contextlib.suppress(FileNotFoundError):
-                    self.path.unlink()
-                continue
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump({"pid": os.getpid(), "host": socket.gethostname(), "started": utc_now(),
-                           "argv": sys.argv}, fh)
-            self.held = True
-            return self
-        raise MMLibError(f"could not take the lock {self.path}: another run keeps creating it.")
-
-    def release(self) -> None:
-        if not self.held:
-            return
-        self.held = False
-        info = self._read()
-        if info is None or (info.get("pid") == os.getpid() and info.get("host") == socket.gethostname()):
-            with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()
-
-    def __enter__(self) -> "RunLock":
-        return self.acquire()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.release()
-
-
-# --------------------------------------------------------------------------- run log and index
-
-def load_runs(out_dir: str | Path) -> dict[str, Any]:
-    """``runs.json``: {"updated": date, "runs": {dataset: {notebook: entry}}}."""
-    path = Path(out_dir) / RUNS_NAME
-    if not path.exists():
-        return {"updated": None, "runs": {}}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise MMLibError(f"{path} is not a readable run log ({exc}); fix it or delete it "
-                         f"(deleting only forgets the statuses shown in index.html).") from exc
-    if not isinstance(data, dict) or not isinstance(data.get("runs"), dict):
-        raise MMLibError(f"{path} does not look like an mmlib run log; delete it to start a fresh one.")
-    return data
-
-
-def save_runs(out_dir: str | Path, runs: dict[str, Any]) -> None:
-    runs["updated"] = utc_now()
-    atomic_write_json(Path(out_dir) / RUNS_NAME, runs)
-
-
-_CSS = """
-body{font-family:-apple-system,BlinkMacSystemFont,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;margin:2rem auto;
-max-width:1100px;padding:0 1rem;color:#1f2328;line-height:1.45}
-h1{font-size:1.6rem;margin-bottom:.2rem}h2{font-size:1.25rem;margin-top:2rem;border-bottom:1px solid #d0d7de;
-padding-bottom:.3rem}.sub{color:#59636e;margin-top:0}table{border-collapse:collapse;width:100%;font-size:.92rem}
-th,td{text-align:left;padding:.35rem .6rem;border-bottom:1px solid #e6e8eb;vertical-align:top}
-th{background:#f6f8fa;font-weight:600}td.num{text-align:right;font-variant-numeric:tabular-nums}
-.ok{color:#1a7f37;font-weight:600}.failed{color:#cf222e;font-weight:600}.err{color:#cf222e;font-size:.82rem;
-font-family:ui-monospace,SFMono-Regular,Menlo,monospace;white-space:pre-wrap}.note{color:#59636e;font-size:.82rem}
-a{color:#0969da;text-decoration:none}a:hover{text-decoration:underline}code{font-size:.85rem}
-tfoot td{font-weight:600;background:#f6f8fa}
-"""
-
-
-def render_index(runs: dict[str, Any], out_dir: str | Path) -> str:
-    """A self-contained HTML page: one table per dataset (notebook, status,
-    runtime, device, profile, commit, date) with links to the rendered notebooks."""
-    out_dir = Path(out_dir)
-    esc = html.escape
-    table = runs.get("runs", {})
-    entries = [e for nbs in table.values() for e in nbs.values()]
-    n_failed = sum(e.get("status") != "ok" for e in entries)
-    latest = max((e for e in entries if e.get("date")), key=lambda e: e["date"], default={})
-    parts = [
-        "<!DOCTYPE html>", "<html lang=\"en\"><head><meta charset=\"utf-8\">",
-        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">",
-        "<title>mmlib reports</title>", f"<style>{_CSS}</style></head><body>",
-        "<h1>mmlib reports</h1>",
-        f"<p class=\"sub\">{len(entries)} notebook run(s) on {len(table)} dataset(s), "
-        f"{'<span class=failed>' + str(n_failed) + ' failed</span>' if n_failed else 'all ok'}"
-        f" &middot; last run {esc(str(latest.get('date', '—')))} (profile {esc(str(latest.get('profile', '—')))},"
-        f" commit <code>{esc(str(latest.get('commit') or 'unknown'))}</code>)"
-        f" &middot; generated by <code>python -m mmlib.reports</code></p>",
-    ]
-    if not table:
-        parts.append("<p>No runs yet.</p>")
-    for dataset, nbs in table.items():
-        ds_dir = out_dir / dataset
-        parts.append(f"<h2>{esc(dataset)}</h2>")
-        links = [f"<a href=\"{esc(dataset)}/{name}\">{name}</a>" for name in (EXPERIMENTS_NAME, "postmortem.md")
-                 if (ds_dir / name).exists()]
-        if links:
-            parts.append(f"<p class=\"note\">Generated from the records: {' &middot; '.join(links)}</p>")
-        parts.append("<table><thead><tr><th>notebook</th><th>status</th><th>runtime</th><th>device</th>"
-                     "<th>profile</th><th>commit</th><th>date (UTC)</th></tr></thead><tbody>")
-        total = 0.0
-        for name in sorted(nbs):
-            e = nbs[name]
-            total += float(e.get("runtime_s") or 0)
-            has_html = (ds_dir / f"{name}.html").exists()
-            cell = f"<a href=\"{esc(dataset)}/{esc(name)}.html\">{esc(name)}</a>" if has_html else esc(name)
-            status = e.get("status", "?")
-            cls = "ok" if status == "ok" else "failed"
-            extra = ""
-            if status != "ok":
-                extra = f"<div class=\"err\">{esc(str(e.get('error') or ''))}</div>"
-                if has_html:
-                    extra += "<div class=\"note\">the link shows the last successful run</div>"
-            parts.append(
-                f"<tr><td>{cell}{extra}</td><td class=\"{cls}\">{esc(status)}</td>"
-                f"<td class=\"num\">{esc(fmt_duration(e.get('runtime_s')))}</td><td>{esc(str(e.get('device') or ''))}</td>"
-                f"<td>{esc(str(e.get('profile') or ''))}</td><td><code>{esc(str(e.get('commit') or 'unknown'))}</code></td>"
-                f"<td>{esc(str(e.get('date') or ''))}</td></tr>")
-        parts.append(f"</tbody><tfoot><tr><td>total</td><td></td><td class=\"num\">{esc(fmt_duration(total))}</td>"
-                     "<td colspan=\"4\"></td></tr></tfoot></table>")
-    parts.append("</body></html>")
-    return "\n".join(parts) + "\n"
-
-
-def write_index(out_dir: str | Path, runs: dict[str, Any]) -> Path:
-    path = Path(out_dir) / INDEX_NAME
-    atomic_write_text(path, render_index(runs, out_dir))
-    return path
-
-
-def write_experiments(out_dir: str | Path, dataset: str) -> Path:
-    """Regenerate ``<out_dir>/<dataset>/experiments.md`` from the published records."""
-    path = Path(out_dir) / dataset / EXPERIMENTS_NAME
-    atomic_write_text(path, experiments_markdown(load_records(out_dir, dataset=dataset), dataset))
-    return path
 
 
 # --------------------------------------------------------------------------- executing one notebook

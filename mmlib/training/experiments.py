@@ -67,6 +67,24 @@ def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
 
 
+def record_run(model: Any, fit: FitResult, metrics: Mapping[str, Mapping[str, float]], *, writer: RecordWriter | None,
+               notebook: str, dataset: str, experiment: str, model_name: str, fusion: str, modalities: Sequence[str],
+               condition: str, seed: int, extra: Mapping[str, Any]) -> dict[str, Any]:
+    """The result record of one trained model (metrics ``{split: {name: value}}`` flattened to
+    ``<split>_<name>``, modalities sorted, parameters, time, epochs, device); added to
+    ``writer`` when given, else made stand-alone."""
+    counts = model.param_counts()
+    fields = dict(experiment=experiment, model=model_name, fusion=fusion, modalities=sorted(modalities),
+                  condition=condition, seed=int(seed),
+                  metrics={f"{s}_{k}": float(v) for s, ms in metrics.items() for k, v in ms.items()},
+                  n_params=int(counts["total"]), train_time_s=float(fit.train_time_s), epochs=int(fit.epochs_run),
+                  device=str(fit.device),
+                  extra=_jsonable({**dict(extra), "n_params_by_branch": {k: int(v) for k, v in counts.items()}}))
+    if writer is not None:
+        return writer.add(**fields)
+    return make_record(notebook=notebook, dataset=dataset, **fields)
+
+
 def run_fusion(dataset: MultimodalDataset, fusion: str, modalities: Sequence[str] | None, seed: int,
                profile: Mapping[str, Any], notebook: str, experiment: str, condition: str = "",
                model_kwargs: Mapping[str, Any] | None = None, train_kwargs: Mapping[str, Any] | None = None,
@@ -124,41 +142,15 @@ def run_fusion(dataset: MultimodalDataset, fusion: str, modalities: Sequence[str
 
     splits = list(dict.fromkeys(["train", *evaluate_splits]))
     metrics = {split: dict(trainer.evaluate(split)) for split in splits}
-    flat = {f"{split}_{k}": float(v) for split, ms in metrics.items() for k, v in ms.items()}
     if "test" in splits and has_planted_structure(dataset):
-        pred = trainer.predict("test")
-        recovered = planted_recovery(dataset, dataset.splits["test"], pred)
-        metrics["test"].update(recovered)
-        flat.update({f"test_{k}": v for k, v in recovered.items()})
+        metrics["test"].update(planted_recovery(dataset, dataset.splits["test"], trainer.predict("test")))
 
-    counts = model.param_counts()
-    fields = dict(
-        experiment=experiment,
-        model=model_name or default_model_name(fusion, mods),
-        fusion=fusion,
-        modalities=sorted(mods),
-        condition=condition,
-        seed=int(seed),
-        metrics=flat,
-        n_params=int(counts["total"]),
-        train_time_s=float(fit.train_time_s),
-        epochs=int(fit.epochs_run),
-        device=str(fit.device),
-        extra=_jsonable({
-            "best_epoch": fit.best_epoch,
-            "best_val": fit.best_val,
-            "stopped_early": fit.stopped_early,
-            "n_params_by_branch": {k: int(v) for k, v in counts.items()},
-            "model_kwargs": model_kwargs,
-            "train_kwargs": {k: v for k, v in train_kwargs.items() if k != "progress"},
-            "cached": hit is not None,
-            **dict(extra or {}),
-        }),
-    )
-    if writer is not None:
-        record = writer.add(**fields)
-    else:
-        record = make_record(notebook=notebook, dataset=dataset.name, **fields)
+    extra = {"best_epoch": fit.best_epoch, "best_val": fit.best_val, "stopped_early": fit.stopped_early,
+             "model_kwargs": model_kwargs, "train_kwargs": {k: v for k, v in train_kwargs.items() if k != "progress"},
+             "cached": hit is not None, **dict(extra or {})}
+    record = record_run(model, fit, metrics, writer=writer, notebook=notebook, dataset=dataset.name,
+                        experiment=experiment, model_name=model_name or default_model_name(fusion, mods),
+                        fusion=fusion, modalities=mods, condition=condition, seed=seed, extra=extra)
     return RunResult(model=model, trainer=trainer, fit=fit, metrics=metrics, record=record)
 
 
@@ -233,5 +225,5 @@ def summary_table(records: pd.DataFrame | Iterable[Mapping[str, Any]], by: Seque
     return out.round(digits)
 
 
-__all__ = ["RunResult", "train_config_from_profile", "default_model_name", "run_fusion", "run_over_seeds",
+__all__ = ["RunResult", "train_config_from_profile", "default_model_name", "record_run", "run_fusion", "run_over_seeds",
            "summary_table", "PROFILE_TO_TRAIN"]

@@ -17,20 +17,20 @@ NaN and a ``MetricWarning`` says why.
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
+import torch
 from sklearn import metrics as skm
 
+from mmlib.data.base import TASKS
 from mmlib.utils import MMLibError
 
-TASKS = ("regression", "binary", "multiclass")
 METRIC_NAMES = {
     "regression": ("r2", "rmse", "mae", "smape"),
     "binary": ("accuracy", "f1", "roc_auc", "pr_auc", "log_loss"),
     "multiclass": ("accuracy", "macro_f1", "log_loss"),
 }
-_PRIMARY = {"regression": ("r2", True), "binary": ("roc_auc", True), "multiclass": ("accuracy", True)}
 _HIGHER_BETTER = {"r2": True, "rmse": False, "mae": False, "smape": False, "accuracy": True, "f1": True,
                   "roc_auc": True, "pr_auc": True, "log_loss": False, "macro_f1": True, "loss": False}
 _EPS = 1e-15  # probability clipping for log-loss
@@ -38,13 +38,6 @@ _EPS = 1e-15  # probability clipping for log-loss
 
 class MetricWarning(UserWarning):
     """A metric could not be computed on this input (it is returned as NaN)."""
-
-
-def primary_metric(task: str) -> tuple[str, bool]:
-    """The metric used for model selection and early stopping, and whether higher is better."""
-    if task not in _PRIMARY:
-        raise MMLibError(f"Unknown task {task!r}; expected one of {TASKS}.")
-    return _PRIMARY[task]
 
 
 def higher_is_better(metric: str) -> bool:
@@ -56,13 +49,8 @@ def higher_is_better(metric: str) -> bool:
 
 
 def _to_numpy(x: Any) -> np.ndarray:
-    try:
-        import torch
-
-        if isinstance(x, torch.Tensor):
-            return x.detach().float().cpu().numpy() if x.is_floating_point() else x.detach().cpu().numpy()
-    except ImportError:  # pragma: no cover - torch is a dependency
-        pass
+    if isinstance(x, torch.Tensor):
+        return x.detach().float().cpu().numpy() if x.is_floating_point() else x.detach().cpu().numpy()
     return np.asarray(x)
 
 
@@ -191,3 +179,59 @@ def compute_metrics(task: str, y_true: Any, y_pred: Any, n_classes: int | None =
     if task == "binary":
         return _binary(y, p)
     return _multiclass(y, p, n_classes)
+
+
+# --------------------------------------------------------------------------- retrieval
+# ``sim`` is [n_queries, n_items], higher = more similar, and query i's match is item i.
+# Ties are scored by their expectation under a random tie-break, so a model that gives
+# every item the same score gets exactly the random baseline (Recall@K = K/n, MRR = H_n/n).
+DEFAULT_KS = (1, 5, 10)
+
+
+def rank_counts(sim: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Per query: items scored strictly higher than its match (g) and other items tied with it (e)."""
+    s = torch.as_tensor(np.asarray(sim, dtype=np.float64)) if not isinstance(sim, torch.Tensor) else sim.double().cpu()
+    if s.ndim != 2:
+        raise MMLibError(f"sim must be 2-D [n_queries, n_items], got shape {tuple(s.shape)}.")
+    q, m = s.shape
+    if q == 0 or q > m:
+        raise MMLibError(f"sim has {q} queries and {m} items; query i's match is item i, so 0 < n_queries <= n_items.")
+    if torch.isnan(s).any():
+        raise MMLibError("sim holds NaN values; check the embeddings.")
+    true = s[torch.arange(q), torch.arange(q)][:, None]
+    g = np.empty(q, dtype=np.int64)
+    e = np.empty(q, dtype=np.int64)
+    for start in range(0, q, 2048):  # chunks keep the [q, m] comparison small
+        blk, t = s[start:start + 2048], true[start:start + 2048]
+        g[start:start + len(blk)] = (blk > t).sum(1).numpy()
+        e[start:start + len(blk)] = (blk == t).sum(1).numpy() - 1
+    return g, e
+
+
+def harmonic(n: int) -> np.ndarray:
+    """H[k] = sum_{j=1..k} 1/j for k = 0..n."""
+    return np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, n + 1))])
+
+
+def match_ranks(sim: Any) -> np.ndarray:
+    """Expected 1-based rank of each query's match (ties: the mean rank of the tied block)."""
+    g, e = rank_counts(sim)
+    return 1.0 + g + e / 2.0
+
+
+def recall_at_k(sim: Any, ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
+    """``{"R@K": fraction of queries whose match is among the top K}`` for each K."""
+    g, e = rank_counts(sim)
+    out = {}
+    for k in ks:
+        if int(k) < 1:
+            raise MMLibError(f"recall_at_k: K must be >= 1, got {k}.")
+        out[f"R@{int(k)}"] = float(np.clip((int(k) - g) / (e + 1.0), 0.0, 1.0).mean())
+    return out
+
+
+def mrr(sim: Any) -> float:
+    """Mean reciprocal rank of each query's match."""
+    g, e = rank_counts(sim)
+    h = harmonic(int(g.max() + e.max() + 1))
+    return float(((h[g + e + 1] - h[g]) / (e + 1.0)).mean())

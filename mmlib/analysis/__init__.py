@@ -1,0 +1,1 @@
+"""Analysis: what the notebooks measure on trained models (ablations, attribution, imbalance, alignment, ...)."""

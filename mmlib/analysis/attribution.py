@@ -1,0 +1,155 @@
+"""Modality attribution: how much of a fused model's score each modality earns.
+
+The value of a subset of modalities is a score (``subset_values_by_masking``: the
+trained model with the other modalities masked at inference; or a model retrained on
+that subset); ``shapley_values`` splits the full score minus that of a constant
+prediction (``constant_prediction`` / ``constant_metrics``, the empty subset) fairly
+among the modalities, exactly, over ``all_subsets``. ``shapley_table`` puts the split in
+a DataFrame. ``modality_weights`` reads the weights that weighting fusions give each
+modality themselves.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mmlib.analysis.robustness import check_modality, split_rows, trainer_dataset, trainer_modalities
+from mmlib.training.metrics import compute_metrics
+from mmlib.training.tasks import primary_metric
+from mmlib.utils import MMLibError
+
+
+def all_subsets(players: Sequence[str]) -> list[frozenset[str]]:
+    """Every subset of ``players``, the empty set first, by size."""
+    players = list(players)
+    return [frozenset(c) for r in range(len(players) + 1) for c in itertools.combinations(players, r)]
+
+
+def shapley_values(value: Mapping[frozenset[str], float], players: Sequence[str]) -> dict[str, float]:
+    """Exact Shapley values of a cooperative game over ``players`` (all subsets):
+
+        φ_i = Σ_{S ⊆ N∖{i}} |S|! (n − |S| − 1)! / n! · (v(S ∪ {i}) − v(S)).
+
+    ``value`` must give v(S) for every subset S, the empty set included (e.g. the
+    score of a constant prediction); a missing subset is an error rather than a
+    silent 0. The values add up to v(N) − v(∅) (efficiency).
+    """
+    players = list(players)
+    if len(set(players)) != len(players) or not players:
+        raise MMLibError(f"shapley_values: players must be distinct and non-empty, got {players}.")
+    value = {frozenset(k): float(v) for k, v in value.items()}
+    missing = [sorted(s) for s in all_subsets(players) if s not in value]
+    if missing:
+        raise MMLibError(f"shapley_values: no value for subset(s) {missing[:5]}{' ...' if len(missing) > 5 else ''}; "
+                         "every subset, the empty one included, needs a value.")
+    n = len(players)
+    out = {}
+    for p in players:
+        others = [q for q in players if q != p]
+        total = 0.0
+        for r in range(n):
+            w = math.factorial(r) * math.factorial(n - r - 1) / math.factorial(n)
+            for coal in itertools.combinations(others, r):
+                s = frozenset(coal)
+                total += w * (value[s | {p}] - value[s])
+        out[p] = total
+    return out
+
+
+def _metric_from(metrics: Mapping[str, float], metric: str, split: str) -> float:
+    for key in (metric, f"{split}_{metric}"):
+        if key in metrics:
+            return float(metrics[key])
+    raise MMLibError(f"Metric {metric!r} not among the evaluation's metrics {sorted(metrics)}.")
+
+
+def constant_prediction(ds, n: int) -> np.ndarray:
+    """The best input-free prediction for ``n`` rows, in the format ``Trainer.predict``
+    returns: the training mean (regression), the positive-class rate (binary) or the
+    class prior (multiclass, [n, C])."""
+    y = ds.target[torch.as_tensor(split_rows(ds, "train"), device=ds.target.device)].detach().cpu()
+    if ds.task == "regression":
+        return np.full(n, float(y.double().mean()))
+    if ds.task == "binary":
+        return np.full(n, float(y.double().mean()))
+    prior = torch.bincount(y.long(), minlength=int(ds.n_classes)).double()
+    prior = (prior / prior.sum()).numpy()
+    return np.tile(prior, (n, 1))
+
+
+def constant_metrics(ds, split: str = "test") -> dict[str, float]:
+    """Metrics of ``constant_prediction`` on ``split`` (R² ≈ 0, AUC 0.5, ...)."""
+    rows = split_rows(ds, split)
+    y = ds.target[torch.as_tensor(rows, device=ds.target.device)].detach().cpu().numpy()
+    return compute_metrics(ds.task, y, constant_prediction(ds, len(rows)), n_classes=ds.n_classes)
+
+
+def subset_values_by_masking(trainer: Any, modalities: Sequence[str] | None = None, split: str = "test",
+                             metric: str | None = None) -> dict[frozenset[str], float]:
+    """The value of every subset S of ``modalities`` (default: the model's) for a trained
+    model: ``metric`` on ``split`` with every modality outside S masked at inference.
+    The empty set is the metric of a constant prediction (training mean / class
+    prior), not of the model with everything masked; so is any subset holding none of
+    the modalities the model reads (a modality the model ignores gets Shapley value 0).
+    ``metric`` defaults to the task's primary metric. Feed the result to ``shapley_values``."""
+    ds = trainer_dataset(trainer)
+    mods = list(modalities) if modalities is not None else trainer_modalities(trainer)
+    for m in mods:
+        check_modality(ds, m)
+    metric = metric or primary_metric(ds.task)[0]
+    used = set(trainer_modalities(trainer))
+    values: dict[frozenset[str], float] = {frozenset(): _metric_from(constant_metrics(ds, split), metric, split)}
+    for s in all_subsets(mods):
+        if not s & used:  # nothing the model reads: no information, the same value as the empty set
+            values[s] = values[frozenset()]
+            continue
+        override = {m: False for m in mods if m not in s}
+        values[s] = _metric_from(trainer.evaluate(split, present_override=override or None), metric, split)
+    return values
+
+
+def shapley_table(value: Mapping[frozenset[str], float], players: Sequence[str]) -> pd.DataFrame:
+    """Shapley values as a DataFrame (modality, shapley, share of v(N) − v(∅), solo value v({m}))."""
+    phi = shapley_values(value, players)
+    total = value[frozenset(players)] - value[frozenset()]
+    return pd.DataFrame({
+        "modality": list(phi),
+        "shapley": [phi[p] for p in phi],
+        "share": [phi[p] / total if total else np.nan for p in phi],
+        "solo": [value[frozenset([p])] - value[frozenset()] for p in phi],
+    })
+
+
+def modality_weights(runs: Mapping[str, Any], split: str = "test", batch_size: int = 1024) -> pd.DataFrame:
+    """Mean per-row modality weight on ``split`` for every run whose fusion exposes
+    ``weights`` (late, learned weights, gated, attention): how the fusion itself splits its
+    attention among the modalities."""
+    rows = {}
+    for name, run in runs.items():
+        model, ds = run.model, run.trainer.data
+        mods = list(model.encoders.keys()) if hasattr(model, "encoders") else []
+        model.eval()
+        acc, n = None, 0
+        with torch.no_grad():
+            for b in ds.batches(split, batch_size):
+                out = model(b["inputs"], b["present"])
+                w = out.get("weights")
+                if w is None:
+                    break
+                w = w.float()
+                acc = w.sum(0) if acc is None else acc + w.sum(0)
+                n += len(w)
+        if acc is not None and n and acc.numel() == len(mods):
+            rows[name] = pd.Series((acc / n).cpu().numpy(), index=mods)
+    if not rows:
+        return pd.DataFrame()
+    return pd.DataFrame(rows).T.round(3)
+
+
+__all__ = ["all_subsets", "shapley_values", "shapley_table", "constant_prediction", "constant_metrics",
+           "subset_values_by_masking", "modality_weights"]

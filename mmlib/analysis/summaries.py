@@ -1,0 +1,171 @@
+"""Summaries of result records for the study notebooks (10, 20, 40): which modality
+dominates, early / late fusion against the best single modality, over-fitting, the
+fusion variants compared, and (spacecraft) how much of each planted part every model
+recovered. Each function turns records into a ``Summary``: a table plus a sentence
+whose every number is computed from the records.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from mmlib.reporting.records import fmt_mean_std, records_to_frame
+
+
+@dataclass
+class Summary:
+    """What a notebook shows for one analysis: ``table``, a computed sentence ``text``, the
+    key numbers in ``values``, and (``long``) the tidy per-seed frame behind the table, for plots."""
+
+    table: pd.DataFrame
+    text: str
+    values: dict[str, Any]
+    long: pd.DataFrame | None = None
+
+
+def as_frame(records: pd.DataFrame | Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """Records (``RecordWriter.records`` or a frame of them) as a flat DataFrame."""
+    return records if isinstance(records, pd.DataFrame) else records_to_frame(records)
+
+
+def group_stats(df: pd.DataFrame, by: Sequence[str], metric: str) -> pd.DataFrame:
+    """mean / std / n of ``metric`` (a column, e.g. ``metric_test_r2``, or its name without
+    ``metric_``) per group; an empty frame when there is no such column or no row."""
+    col = metric if metric in df.columns else f"metric_{metric}"
+    if col not in df.columns or df.empty:
+        return pd.DataFrame(columns=["mean", "std", "n"])
+    g = df.groupby(list(by), dropna=False)[col]
+    return pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1), "n": g.count()})
+
+
+def dominance_summary(records, metric: str, ceilings: Mapping[str, float] | None = None,
+                      higher_is_better: bool = True) -> Summary:
+    """Rank the single-modality models; name the dominant modality and by how much it leads."""
+    df = as_frame(records)
+    stats = group_stats(df, ["modality_set"], metric).sort_values("mean", ascending=not higher_is_better)
+    stats["mean ± std (n)"] = [fmt_mean_std(r["mean"], r["std"], int(r["n"])) for _, r in stats.iterrows()]
+    if ceilings:
+        stats["ceiling"] = [ceilings.get(m, np.nan) for m in stats.index]
+        stats["gap_to_ceiling"] = stats["ceiling"] - stats["mean"]
+    best, second = stats.index[0], stats.index[1] if len(stats) > 1 else None
+    lead = stats["mean"].iloc[0] - (stats["mean"].iloc[1] if second else np.nan)
+    pooled = np.sqrt(np.nanmean(stats["std"].iloc[:2] ** 2)) if second else np.nan
+    clear = bool(second) and np.isfinite(pooled) and lead > 3 * max(pooled, 1e-9)
+    text = (f"The strongest single modality is **{best}** ({stats['mean ± std (n)'].iloc[0]} {metric})")
+    if second:
+        text += (f", ahead of **{second}** ({stats['mean ± std (n)'].iloc[1]}) by {lead:.3f}. "
+                 + ("With a lead over three times the seed spread, it is clearly dominant."
+                    if clear else "The lead is within three seed standard deviations: no clear dominance."))
+    if ceilings:
+        text += " Gaps to the Bayes-optimal ceiling of each modality alone: " + ", ".join(
+            f"{m} {r['gap_to_ceiling']:.3f}" for m, r in stats.iterrows() if np.isfinite(r.get("ceiling", np.nan))) + "."
+    return Summary(stats.round(4), text, {"best": best, "second": second, "lead": lead, "clear": clear})
+
+
+def _by_model(df: pd.DataFrame, metric: str) -> pd.DataFrame:
+    rows = []
+    for model, g in df.groupby("model", sort=False):
+        row = {"model": model, "modalities": g["modality_set"].iloc[0], "n_seeds": len(g)}
+        for split in ("train", "val", "test"):
+            col = f"metric_{split}_{metric}"
+            if col in g:
+                row[f"{split}_mean"] = g[col].mean()
+                row[f"{split}_std"] = g[col].std(ddof=1) if len(g) > 1 else np.nan
+        row["n_params"] = int(g["n_params"].mean())
+        row["train_time_s"] = g["train_time_s"].mean()
+        row["epochs"] = g["epochs"].mean()
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("model")
+
+
+def fusion_summary(records, metric: str, higher_is_better: bool = True,
+                   ceilings: Mapping[str, float] | None = None) -> Summary:
+    """Early / late fusion against the best single-modality model, with the gain in
+    units of the seed spread."""
+    df = as_frame(records)
+    t = _by_model(df, metric)
+    sign = 1 if higher_is_better else -1
+    uni = t[t["modalities"].str.count(r"\+") == 0]
+    fused = t[t["modalities"].str.count(r"\+") > 0]
+    best_uni = (sign * uni["test_mean"]).idxmax()
+    best_fused = (sign * fused["test_mean"]).idxmax()
+    gain = t.loc[best_fused, "test_mean"] - t.loc[best_uni, "test_mean"]
+    spread = float(np.sqrt(np.nansum([t.loc[best_fused, "test_std"] ** 2, t.loc[best_uni, "test_std"] ** 2])))
+    t["gain_vs_best_unimodal"] = t["test_mean"] - t.loc[best_uni, "test_mean"]
+    if ceilings:
+        t["ceiling"] = [ceilings.get(m, np.nan) for m in t["modalities"]]
+    fmt = lambda m: fmt_mean_std(t.loc[m, "test_mean"], t.loc[m, "test_std"], int(t.loc[m, "n_seeds"]))  # noqa: E731
+    text = (f"Best single modality: **{best_uni}** with test {metric} {fmt(best_uni)}. Best fusion: **{best_fused}** "
+            f"with {fmt(best_fused)}, a gain of {gain:+.3f}")
+    text += (f" ({abs(gain) / spread:.1f}× the combined seed spread)." if spread > 0 else ".")
+    for f in fused.index:
+        if f != best_fused:
+            text += f" {f}: {fmt(f)} ({t.loc[f, 'gain_vs_best_unimodal']:+.3f} vs the best single modality)."
+    return Summary(t.round(4), text, {"best_unimodal": best_uni, "best_fused": best_fused, "gain": gain,
+                                      "spread": spread})
+
+
+def overfitting_table(records, metric: str) -> pd.DataFrame:
+    """Train − validation gap of the primary metric per model (mean over seeds)."""
+    df = as_frame(records)
+    t = _by_model(df, metric)
+    out = pd.DataFrame({"train": t.get("train_mean"), "val": t.get("val_mean"), "test": t.get("test_mean")})
+    out["train_minus_val"] = out["train"] - out["val"]
+    out["epochs_run"] = t["epochs"]
+    return out.round(4)
+
+
+def recovery_summary(records, shares: Mapping[str, float] | None) -> Summary | None:
+    """Mean recovered fraction of each planted part per model (spacecraft only)."""
+    if not shares:
+        return None
+    df = as_frame(records)
+    cols = [c for c in df.columns if c.startswith("metric_test_recovered_")]
+    if not cols:
+        return None
+    table = df.groupby("model", sort=False)[cols].mean()
+    table.columns = [c.replace("metric_test_recovered_", "") for c in cols]
+    table = table.round(3)
+    lines = []
+    if "synergy" in table:
+        syn = table["synergy"].sort_values(ascending=False)
+        lines.append("Synergy (text × image) recovered: " + ", ".join(f"{m} {v:.2f}" for m, v in syn.items()) +
+                     f". Its planted share is {shares['synergy']:.2f} of the target variance.")
+        late = [m for m in table.index if m.startswith("late")]
+        if late:
+            lines.append(f"Late fusion recovers {table.loc[late[0], 'synergy']:.2f} of it: averaging per-modality "
+                         "predictions cannot express a product of two modalities' factors.")
+    return Summary(table, " ".join(lines), {})
+
+
+def variants_summary(records, metric: str, higher_is_better: bool = True, reference: str = "early") -> Summary:
+    """The fusion variants of notebook 40 ranked by test metric, with parameters, the
+    coefficient of variation over seeds and the gain over the ``reference`` fusion."""
+    df = as_frame(records)
+    t = _by_model(df, metric)
+    sign = 1 if higher_is_better else -1
+    t = t.sort_values("test_mean", ascending=not higher_is_better)
+    if reference in t.index:
+        t[f"gain_vs_{reference}"] = t["test_mean"] - t.loc[reference, "test_mean"]
+    t["cv_over_seeds"] = t["test_std"] / t["test_mean"].abs()
+    best = (sign * t["test_mean"]).idxmax()
+    small = t["n_params"].idxmin()
+    text = (f"Best: **{best}** ({fmt_mean_std(t.loc[best, 'test_mean'], t.loc[best, 'test_std'], int(t.loc[best, 'n_seeds']))}"
+            f" test {metric}, {int(t.loc[best, 'n_params']):,} parameters). "
+            f"Smallest: **{small}** ({int(t.loc[small, 'n_params']):,} parameters).")
+    if t["test_std"].notna().any():
+        stable = t["test_std"].idxmin()
+        text += f" Most stable over seeds: **{stable}** (std {t.loc[stable, 'test_std']:.4f})."
+    if reference in t.index:
+        ref_std = t.loc[reference, "test_std"] if pd.notna(t.loc[reference, "test_std"]) else 0.0
+        better = t[(sign * t[f"gain_vs_{reference}"]) > t["test_std"].fillna(0) + ref_std]
+        text += (f" Fusions better than {reference} fusion by more than the seed spread: "
+                 + (", ".join(better.index) if len(better) else "none") + ".")
+    return Summary(t.round(4), text, {"best": best})
+
+
+__all__ = ["Summary", "as_frame", "group_stats", "dominance_summary", "fusion_summary", "overfitting_table",
+           "recovery_summary", "variants_summary"]

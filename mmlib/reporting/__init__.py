@@ -1,0 +1,1 @@
+"""Reporting: the notebook runner, result records, the index, markdown logs and plots."""
