@@ -35,6 +35,10 @@ def test_drop_and_shapley_records_name_the_fusion_that_ran(ablation_runs, tmp_pa
     assert {r["model"] for r in writer.records} == {"gated_fusion"}
     assert {r["fusion"] for r in writer.records} == {"gated"}
     assert len(writer.records) == 2 * 2 * 3  # seeds x modalities x drop modes
+    # ~10 % of the training rows lack each modality: every masked path was trained, nothing is flagged
+    assert all(r["extra"]["untrained_path"] == [] for r in writer.records)
+    assert drops.values["untrained_path"] == [] and "untrained path" not in drops.text
+    assert "relies most on" in drops.text
     assert set(drops.long["ablation"]) == {"retrain without", "drop at inference (mask)",
                                            "drop at inference (zero)", "drop at inference (mean)"}
     n = len(writer.records)
@@ -42,6 +46,11 @@ def test_drop_and_shapley_records_name_the_fusion_that_ran(ablation_runs, tmp_pa
     new = writer.records[n:]
     assert {r["model"] for r in new} == {"gated_fusion"} and {r["experiment"] for r in new} == {"shapley"}
     assert set(shap.long["method"]) == {"mask", "retrain"} and set(shap.values["dominant"]) == {"mask", "retrain"}
+    assert shap.values["method"] == ["mask"]  # auto: every path trained, so masking
+    assert {(r["condition"].split(":")[0], r["extra"]["shapley_method"]) for r in new} == {("mask", "mask"),
+                                                                                          ("retrain", "retrain")}
+    assert all(r["extra"]["untrained_path"] == [] for r in new)
+    assert "mask and retrain Shapley values" in shap.text
     # efficiency: per seed and method the values add up to v(all) - v(constant prediction)
     per_seed = shap.long.groupby(["method", "seed"])["shapley"].sum()
     gain = [r.metrics["test"]["r2"] - constant_metrics(ds, "test")["r2"] for r in full]

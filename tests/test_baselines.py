@@ -151,3 +151,37 @@ def test_bad_inputs_are_clear_errors(tiny_dataset):
         tfidf_linear_baseline(ds, extra_embeddings=bad)
     with pytest.raises(MMLibError, match="alpha"):
         tfidf_linear_baseline(ds, alpha=0.0)
+
+
+def test_baselines_over_seeds_refit_catboost_and_reuse_the_seed_free_tfidf(tmp_path, monkeypatch):
+    from mmlib.analysis.practitioner import add_baseline_record, baseline_predictions, baselines_over_seeds
+    from mmlib.reporting.records import RecordWriter
+    from mmlib.training import runcache
+
+    ds = load()
+    prof = {"catboost_iterations": 20, "catboost_text_iterations": 10}
+    fits = baselines_over_seeds(ds, prof, [3, 4], with_embeddings=False)
+    assert list(fits) == [3, 4] and set(fits[3]) == {"catboost_tabular", "catboost_tabular+text", "tfidf+ridge",
+                                                  "tfidf+ridge+tabular", "tfidf+logreg_ev"}
+    cb3, cb4 = fits[3]["catboost_tabular+text"], fits[4]["catboost_tabular+text"]
+    assert cb3["params"]["random_seed"] == 3 and cb4["params"]["random_seed"] == 4
+    assert not np.array_equal(cb3["predictions"]["test"], cb4["predictions"]["test"])
+    assert fits[4]["tfidf+ridge+tabular"] is fits[3]["tfidf+ridge+tabular"]  # seed-free: one fit for every seed
+    assert fits[4]["tfidf+ridge+tabular"]["fitted_seed"] == 3 and cb4["fitted_seed"] == 4
+    # one record per seed, each with its test predictions
+    writer = RecordWriter("10_unimodal_baselines", ds.name, tmp_path, data=ds)
+    for seed, by_name in fits.items():
+        for name, res in by_name.items():
+            add_baseline_record(writer, res, None, name, seed)
+    recs = writer.records
+    assert len(recs) == 10 and {r["experiment"] for r in recs} == {"catboost", "tfidf"}
+    assert {r["modalities"] == ["tabular"] for r in recs if r["model"] == "catboost_tabular"} == {True}
+    assert len(writer._predictions) == 10 and all(len(p) == len(ds.splits["test"]) for p in writer._predictions.values())
+    # the run cache: a second call reads the fits back
+    monkeypatch.setenv("MMLIB_RUN_CACHE", "1")
+    monkeypatch.setattr(runcache, "DATA_CACHE", tmp_path)
+    first = baseline_predictions(ds, prof, [0], with_embeddings=False)
+    again = baseline_predictions(ds, prof, [0], with_embeddings=False)
+    assert not first["catboost_tabular+text"][0].get("cached") and again["catboost_tabular+text"][0]["cached"]
+    np.testing.assert_array_equal(first["tfidf+logreg_ev"][0]["predictions"]["test"],
+                                  again["tfidf+logreg_ev"][0]["predictions"]["test"])

@@ -128,13 +128,12 @@ def test_corrupt_batch_respects_kind_rules(ds):
     out = corrupt_batch(batch, "text", 1.0, torch.Generator().manual_seed(0), stats=stats)["inputs"]["text"]["tokens"]
     tok = batch["inputs"]["text"]["tokens"]
     assert torch.equal(out == 0, tok == 0)  # padding stays padding, nothing new is padded
-    assert int(out[tok != 0].min()) >= 2 and int(out.max()) < stats["vocab_size"]  # not pad, not OOV
+    seen = set(torch.unique(ds.modalities["text"].tensors["tokens"][torch.as_tensor(ds.splits["train"])]).tolist())
+    assert set(torch.unique(out[tok != 0]).tolist()) <= seen - {0}  # drawn from the training marginal
     out = corrupt_batch(batch, "tabular", 1.0, torch.Generator().manual_seed(0),
                         stats=corruption_stats(ds, "tabular"))["inputs"]["tabular"]
     present = batch["present"]["tabular"]
-    assert int(out["cat"][present].min()) >= 1 and int(out["cat"].max()) <= 3  # known levels of a 4-slot column
-    noise = (out["num"] - batch["inputs"]["tabular"]["num"])[present]
-    assert 2.5 < float(noise.std()) < 3.5  # std 3 at level 1 on standardised columns
+    assert int(out["cat"][present].min()) >= 1 and int(out["cat"].max()) <= 3  # levels seen in training
     px = corrupt_batch(batch, "image", 0.5, torch.Generator().manual_seed(0))["inputs"]["image"]["pixels"]
     assert px.dtype == torch.uint8
 
@@ -145,8 +144,7 @@ def test_corrupt_batch_embedding_and_bad_level():
     stats = corruption_stats(emb, "emb")
     assert torch.equal(corrupt_batch(batch, "emb", 0.0, stats=stats)["inputs"]["emb"]["x"], batch["inputs"]["emb"]["x"])
     out = corrupt_batch(batch, "emb", 1.0, torch.Generator().manual_seed(0), stats=stats)["inputs"]["emb"]["x"]
-    diff = (out - batch["inputs"]["emb"]["x"])[batch["present"]["emb"]]
-    ratio = diff.std(0) / stats["feature_std"]
+    ratio = out[batch["present"]["emb"]].std(0) / stats["x"]["std"]
     assert torch.all((ratio > 0.5) & (ratio < 1.6))  # noise scales with each feature's std
     with pytest.raises(MMLibError, match="outside"):
         corrupt_batch(batch, "emb", 1.5)

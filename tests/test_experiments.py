@@ -11,7 +11,7 @@ import torch
 
 from conftest import make_tiny_dataset
 from mmlib.training.experiments import run_fusion, run_over_seeds, summary_table, train_config_from_profile
-from mmlib.analysis.imbalance import REMEDIES, contribution_table, weaken
+from mmlib.analysis.imbalance import BASE_MODEL, REMEDIES, contribution_table, weaken
 from mmlib.models import build_model
 from mmlib.reporting.records import RECORD_FIELDS, RecordWriter
 from mmlib.training.trainer import TrainConfig
@@ -89,16 +89,18 @@ def test_weaken_truncate_text(ds):
 
 
 def test_remedies_configure_model_and_trainer(ds):
-    assert set(REMEDIES) == {"none", "modality_dropout", "aux_losses", "ogm_ge"}
+    assert set(REMEDIES) == {"none", "modality_dropout", "aux_losses", "ogm_ge", "ogm_ge_smooth"}
     for name, (model_kwargs, train_kwargs) in REMEDIES.items():
-        model = build_model(ds, "early", **model_kwargs)
+        model = build_model(ds, "early", **{**BASE_MODEL, **model_kwargs})
         cfg = train_config_from_profile(PROFILE, **train_kwargs)
         assert isinstance(cfg, TrainConfig)
-        if name == "modality_dropout":
-            assert model.modality_dropout > 0
-        if name in ("aux_losses", "ogm_ge"):
-            assert model.aux is not None
+        assert (model.modality_dropout > 0) == (name == "modality_dropout")  # "none" means no dropout at all
+        assert (model.aux is not None) == (name in ("aux_losses", "ogm_ge_smooth"))
+        out = model(*(lambda b: (b["inputs"], b["present"]))(ds.batch(ds.splits["train"][:8])))
+        assert set(out["contributions"]) == set(model.modalities)  # the paper's concatenation fusion
     assert REMEDIES["aux_losses"][1]["aux_weight"] > 0 and REMEDIES["ogm_ge"][1]["ogm_alpha"] > 0
+    assert REMEDIES["ogm_ge"][1].get("ogm_variant", "published") == "published"
+    assert REMEDIES["ogm_ge_smooth"][1]["ogm_variant"] == "smooth"
 
 
 def test_contribution_table_from_history():
@@ -177,3 +179,30 @@ def test_summary_table():
     assert list(same.index) == ["a_only", "early_fusion"] and "val_r2_mean" in same
     with pytest.raises(MMLibError, match="no metric"):
         summary_table(recs, metrics=("test_auc",))
+
+
+def test_imbalance_experiment_compares_remedies_within_each_condition(ds, tmp_path):
+    from mmlib.analysis.imbalance import MASKED_EXPERIMENT, imbalance_conditions, imbalance_experiment
+
+    cond = imbalance_conditions(ds, "text", 0.8, 0.5, 0.5)[1:2]  # text corrupted
+    remedies = {k: REMEDIES[k] for k in ("none", "modality_dropout")}
+    writer = RecordWriter("50_modality_imbalance", ds.name, tmp_path, data=ds)
+    imb = imbalance_experiment(ds, cond, remedies, profile={**PROFILE, "seeds": [0, 1], "epochs": 1, "max_batches_per_epoch": 2},
+                               notebook="50_modality_imbalance",
+                               device="cpu", writer=writer, metric="r2", weak="text", n_boot=100)
+    recs = writer.records
+    assert len(recs) == 2 * 2 * 2 * 2  # (clean + 1 condition) x 2 remedies x 2 seeds, each scored twice
+    assert {(r["condition"], r["model"]) for r in recs} == {(c, m) for c in ("clean", cond[0]["label"])
+                                                           for m in remedies}  # the clean data for every remedy
+    masked = [r for r in recs if r["experiment"] == MASKED_EXPERIMENT]
+    main = [r for r in recs if r["experiment"] == "imbalance"]
+    assert len(masked) == len(main) == 8 and len(writer._predictions) == 16
+    by_key = {(r["condition"], r["model"], r["seed"]): r for r in main}
+    for r in masked:
+        m = by_key[(r["condition"], r["model"], r["seed"])]
+        assert r["metrics"]["test_r2"] == pytest.approx(m["metrics"]["test_without_weak"])
+        assert m["extra"]["masked_modality"] == "text"
+    t = imb.values["remedies"]
+    assert set(t.index) == {("clean", "modality_dropout"), (cond[0]["label"], "modality_dropout")}
+    assert set(t["method"]) == {"bootstrap"} and set(t["verdict"]) <= {"helps", "hurts", "not separable"}
+    assert "Against no remedy with text masked at test time" in imb.text and cond[0]["label"] in imb.values["verdicts"]

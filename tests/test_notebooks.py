@@ -17,7 +17,7 @@ DATASETS = os.environ.get("MMLIB_SMOKE_DATASETS", "spacecraft clothing").split()
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("reports")
-    code = run_reports(["--profile", "smoke", "--datasets", *DATASETS, "--out-dir", str(out)])
+    code = run_reports(["--profile", "smoke", "--datasets", *DATASETS, "--out-dir", str(out), "--allow-dirty"])
     return code, out
 
 

@@ -286,7 +286,7 @@ def test_every_fusion_trains_and_evaluates_with_absent_modalities(fusion, task):
     set_seeds(0)
     model = build_model(ds, fusion=fusion, hidden=16, feat_dim=16, modality_dropout=0.3, aux_heads=True)
     cfg = TrainConfig(epochs=2, batch_size=n_train - 1, patience=None, aux_weight=0.2, ogm_alpha=0.5,
-                      progress=False, device="cpu")
+                      ogm_variant="smooth", progress=False, device="cpu")
     trainer = Trainer(model, ds, cfg)
     assert trainer.steps_per_epoch == 2  # n_train - 1 rows, then 1
     res = trainer.fit()
@@ -366,7 +366,7 @@ def test_run_fusion_same_seed_same_metrics_without_run_cache(monkeypatch):
 
 def _smoke_records(out_dir: Path) -> list[dict]:
     rc, stdout, stderr = run_cli("--profile", "smoke", "--datasets", "spacecraft", "--notebooks", "20",
-                                 "--out-dir", str(out_dir), "--no-html", "--device", "cpu")
+                                 "--out-dir", str(out_dir), "--no-html", "--device", "cpu", "--allow-dirty")
     assert rc == 0, stderr
     data = json.loads((out_dir / "spacecraft" / "20_simple_fusion.results.json").read_text())
     return data["records"]
@@ -408,7 +408,8 @@ def test_interrupted_notebook_keeps_previous_report_and_is_marked_failed(tmp_pat
 
     monkeypatch.setattr(reports.papermill, "execute_notebook", killed)
     rc, stdout, stderr = run_cli("--profile", "smoke", "--datasets", "spacecraft", "--notebooks", "00",
-                                 "--notebooks-dir", str(NOTEBOOK_FIXTURES), "--out-dir", str(out), "--no-html")
+                                 "--notebooks-dir", str(NOTEBOOK_FIXTURES), "--out-dir", str(out), "--no-html",
+                                 "--allow-dirty")
     assert rc == 130
     assert "FAILED" in stdout and "interrupted" in stderr and "left untouched" in stderr
     for name, data in published.items():

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from mmlib.training.profiles import PROFILE_KEYS, PROFILES, get_profile
+from mmlib.training.profiles import PROFILE_KEYS, PROFILES, PROVENANCE_KEYS, get_profile
 from mmlib.reporting.lock import LOCK_NAME, RunLock, _pid_alive
 from mmlib.reporting.markdown import experiments_markdown
 from mmlib.reporting.notebooks import parse_param
@@ -38,8 +38,10 @@ def run_cli(*argv: str) -> tuple[int, str, str]:
 
 
 def base_args(out_dir: Path) -> list[str]:
+    # --allow-dirty: these tests run inside a checkout that may have uncommitted changes
+    # (the refusal itself is tested in test_provenance.py)
     return ["--profile", "smoke", "--datasets", "spacecraft", "--notebooks-dir", str(FIXTURES),
-            "--out-dir", str(out_dir)]
+            "--out-dir", str(out_dir), "--allow-dirty"]
 
 
 @pytest.fixture(scope="module")
@@ -191,7 +193,8 @@ def test_parse_param_literals():
 def test_profiles_share_keys_and_copy():
     assert set(PROFILES) == {"smoke", "standard", "full"}
     for name in PROFILES:
-        assert set(get_profile(name)) == set(PROFILE_KEYS)
+        assert set(get_profile(name)) == set(PROFILE_KEYS) | set(PROVENANCE_KEYS)
+        assert get_profile(name)["name"] == name and get_profile(name)["seed_offset"] == 0
     assert get_profile("standard")["seeds"] == [0, 1, 2] and len(get_profile("full")["noise_levels"]) == 9
     p = get_profile("smoke")
     p["seeds"].append(99)

@@ -3,7 +3,6 @@ other targets, published figures, one record per trained run."""
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from conftest import make_tiny_dataset
@@ -40,23 +39,62 @@ def test_fit_stack_rejects_mismatched_or_nan_inputs():
         fit_stack(np.array([[np.nan], [1.0]]), np.zeros(2))
 
 
-def test_stacked_ensemble_prefers_the_informative_member():
+def _tiny_stack(baselines_of, train: bool = True):
     ds = make_tiny_dataset(n=400)
     P = get_profile("smoke", epochs=3, max_batches_per_epoch=None, seeds=[0, 1])
-    writer = _memory_writer()
+    writer = _memory_writer(ds)
     runs = {"early": run_over_seeds(ds, "early", None, P["seeds"], profile=P, notebook="40_fusion_variants",
-                                    experiment="fusion_variant", progress=False)}
+                                    experiment="fusion_variant", progress=False)} if train else {}
     y = ds.target.numpy()
-    noise = np.random.default_rng(0).normal(size=ds.n)  # a "baseline" that knows nothing
-    oracle = y + 0.01 * np.random.default_rng(1).normal(size=ds.n)  # one that knows nearly everything
-    base = {name: {"val": v[ds.splits["val"]], "test": v[ds.splits["test"]]} for name, v in
-            (("noise", noise), ("oracle", oracle))}
-    s = stacked_ensemble(ds, runs, P["seeds"], writer, baselines=base)
-    assert list(s.table.index) == ["early", "noise", "oracle", "stack"]
+    res = lambda v, mods: {"modalities": mods, "predictions": {"val": v[ds.splits["val"]],  # noqa: E731
+                                                               "test": v[ds.splits["test"]]}}
+    return ds, P, writer, runs, baselines_of(y, res)
+
+
+def test_stacked_ensemble_prefers_the_informative_member():
+    def base(y, res):
+        noise = np.random.default_rng(0).normal(size=len(y))  # a "baseline" that knows nothing
+        oracle = {s: res(y + 0.01 * np.random.default_rng(s).normal(size=len(y)), ["tabular", "text"]) for s in (0, 1)}
+        return {"noise": res(noise, ["text"]), "oracle": oracle}  # one fit for every seed / one per seed
+
+    ds, P, writer, runs, base = _tiny_stack(base)
+    s = stacked_ensemble(ds, runs, P["seeds"], writer, baselines=base, n_boot=200)
+    assert list(s.table.index) == ["early", "noise", "oracle", "stack", "stack_unimodal"]
     assert s.table.loc["oracle", "stack_weight"] > 0.9 and s.table.loc["noise", "stack_weight"] < 0.05
     assert s.values["best_member"] == "oracle" and s.table.loc["stack", "mean"] > 0.99
-    recs = [r for r in writer.records if r["experiment"] == "stacking"]
+    recs = [r for r in writer.records if r["model"] == "stack"]
     assert [r["seed"] for r in recs] == [0, 1] and recs[0]["extra"]["members"] == ["early", "noise", "oracle"]
+    assert s.values["fusion_verdict"] == "better"  # the oracle is multimodal: the unimodal stack (noise) cannot follow
+    assert all(r["run_id"] and r["profile"] == "smoke" for r in recs)
+    assert writer._predictions and all(len(p) == len(ds.splits["test"]) for p in writer._predictions.values())
+
+
+def test_stacked_ensemble_measures_what_multimodal_members_add():
+    def base(y, res):
+        g = np.random.default_rng(3)
+        return {"weak_text": res(0.3 * y + g.normal(size=len(y)), ["text"]),
+                "weak_tab": res(0.3 * y + g.normal(size=len(y)), ["tabular"]),
+                "oracle": res(y + 0.01 * g.normal(size=len(y)), ["tabular", "text"])}
+
+    ds, P, writer, _, base = _tiny_stack(base, train=False)
+    s = stacked_ensemble(ds, {}, P["seeds"], writer, baselines=base, n_boot=300)
+    assert list(s.table.index) == ["weak_text", "weak_tab", "oracle", "stack", "stack_unimodal"]
+    assert np.isnan(s.table.loc["oracle", "stack_unimodal_weight"])
+    d = s.values["fusion_gain"]
+    assert s.values["fusion_verdict"] == "better" and d["low"] > 0 and d["n_seeds"] == 2
+    assert "add a gain" in s.text
+    uni = [r for r in writer.records if r["model"] == "stack_unimodal"]
+    assert len(uni) == 2 and uni[0]["modalities"] == ["tabular", "text"]
+    assert uni[0]["extra"]["members"] == ["weak_text", "weak_tab"]
+
+    def same(y, res):  # the multimodal member is a copy of a unimodal one: nothing to add
+        g = np.random.default_rng(4)
+        a, b = 0.8 * y + g.normal(size=len(y)), 0.2 * y + g.normal(size=len(y))
+        return {"a": res(a, ["text"]), "b": res(b, ["tabular"]), "a_again": res(a, ["tabular", "text"])}
+
+    ds, P, writer, _, base = _tiny_stack(same, train=False)
+    s = stacked_ensemble(ds, {}, P["seeds"], writer, baselines=base, n_boot=300)
+    assert s.values["fusion_verdict"] == "not separable" and "not separable" in s.text
 
 
 def test_stacked_ensemble_skips_multiclass():
@@ -113,7 +151,7 @@ def test_postmortem_of_synthetic_records_has_other_target_and_published_sections
     assert "Recommended IND" in md
 
 
-def _memory_writer() -> RecordWriter:
+def _memory_writer(ds=None) -> RecordWriter:
     import tempfile
 
-    return RecordWriter("40_fusion_variants", "tiny", tempfile.mkdtemp())
+    return RecordWriter("40_fusion_variants", "tiny", tempfile.mkdtemp(), profile=get_profile("smoke"), data=ds)

@@ -11,7 +11,7 @@ import torch.nn as nn
 from sklearn import metrics as skm
 
 from conftest import make_tiny_dataset
-from mmlib.training.callbacks import ModalityBalancing
+from mmlib.training.callbacks import ModalityBalancing, ogm_coefficients
 from mmlib.training.metrics import MetricWarning, compute_metrics
 from mmlib.training.tasks import primary_metric
 from mmlib.models import build_model
@@ -178,8 +178,8 @@ class _Interrupt(Exception):
 
 def test_resume_after_interruption_matches_uninterrupted_run(ds, tmp_path):
     """A run killed after epoch 2 and resumed from its checkpoint ends with exactly the same numbers."""
-    kw = dict(epochs=4, patience=None, aux_weight=0.3, ogm_alpha=0.5, **FAST)
-    mk = dict(modalities=("tabular", "text", "image"), aux_heads=True, modality_dropout=0.2)
+    kw = dict(epochs=4, patience=None, aux_weight=0.3, ogm_alpha=0.5, **FAST)  # OGM-GE's noise draws are resumed too
+    mk = dict(modalities=("tabular", "text", "image"), aux_heads=True, modality_dropout=0.2, head_layers=0)
     full = Trainer(_model(ds, **mk), ds, TrainConfig(**kw)).fit()
 
     ckpt = tmp_path / "run.pt"
@@ -235,35 +235,62 @@ def test_branch_lr_reaches_optimizer_groups(ds):
 def test_aux_loss_ogm_and_tracking_record_their_columns(ds):
     mods = ("tabular", "text", "image")
     res = fit_model(_model(ds, modalities=mods, aux_heads=True), ds, epochs=2, aux_weight=0.5, ogm_alpha=0.8,
-                    track_modalities=True, **FAST)
+                    ogm_variant="smooth", track_modalities=True, **FAST)
     h = res.history
     for m in mods:
         assert ((h[f"ogm_coef_{m}"] > 0) & (h[f"ogm_coef_{m}"] <= 1)).all()
         assert h[f"val_r2_without_{m}"].notna().all() and h[f"val_r2_head_{m}"].notna().all()
     assert (h[[f"ogm_coef_{m}" for m in mods]] < 1).any().any(), "some modality should have been damped"
-    # late fusion has its own unimodal outputs; early fusion without aux heads has none
+    # as published: the fused model's own contributions (concatenation with a linear head, or late fusion)
+    pub = fit_model(_model(ds, modalities=mods, head_layers=0), ds, epochs=2, ogm_alpha=0.5, **FAST).history
+    assert ((pub[[f"ogm_coef_{m}" for m in mods]] > 0) & (pub[[f"ogm_coef_{m}" for m in mods]] <= 1)).all().all()
     fit_model(_model(ds, fusion="late"), ds, epochs=1, ogm_alpha=0.5, **FAST)
+    with pytest.raises(MMLibError, match="contributions"):
+        fit_model(_model(ds), ds, epochs=1, ogm_alpha=0.5, **FAST)
     with pytest.raises(MMLibError, match="aux_heads=True"):
         fit_model(_model(ds), ds, epochs=1, aux_weight=0.5, **FAST)
 
 
-def test_ogm_coefficients_follow_the_formula(ds):
-    """The dominant modality's grads are scaled by 1 − tanh(α·(ratio − 1)); the weaker one is untouched."""
-    model = _model(ds, aux_heads=True)
-    t = Trainer(model, ds, TrainConfig(ogm_alpha=0.5, ogm_noise=False, **FAST))
+def test_ogm_coefficient_matches_the_paper_by_hand():
+    """Peng et al. 2022, Eq. 10: k = 1 − tanh(α·ρ) for the dominant modality (ρ > 1), else 1."""
+    scores = {"a": torch.tensor(0.6), "b": torch.tensor(0.5)}  # ρ_a = 1.2, ρ_b = 1/1.2
+    pub = ogm_coefficients(scores, alpha=0.5, variant="published")
+    assert float(pub["a"]) == pytest.approx(1 - math.tanh(0.6)) == pytest.approx(0.46295, abs=1e-5)
+    assert float(pub["b"]) == 1.0
+    smooth = ogm_coefficients(scores, alpha=0.5, variant="smooth")
+    assert float(smooth["a"]) == pytest.approx(1 - math.tanh(0.5 * 0.2)) == pytest.approx(0.90033, abs=1e-5)
+    assert float(smooth["b"]) == 1.0
+    # three modalities: each is compared with the mean of the others
+    three = ogm_coefficients({"a": torch.tensor(0.9), "b": torch.tensor(0.3), "c": torch.tensor(0.3)}, alpha=0.1)
+    assert float(three["a"]) == pytest.approx(1 - math.tanh(0.1 * 3.0))
+    assert float(three["b"]) == float(three["c"]) == 1.0
+
+
+def test_published_ogm_scales_the_dominant_branch(ds):
+    """The dominant modality's grads are scaled by 1 − tanh(α·ρ) (scores from the fused model's
+    contributions); the other branch and the fusion are untouched (GE noise off here)."""
+    model = _model(ds, head_layers=0)
+    t = Trainer(model, ds, TrainConfig(ogm_alpha=0.5, ogm_noise=False, standardize_target=False, **FAST))
     y = torch.tensor([0.0, 1.0, 2.0, 3.0])
     batch = {"y": y, "present": {"tabular": torch.ones(4, dtype=torch.bool), "text": torch.ones(4, dtype=torch.bool)}}
-    out = {"unimodal": {"tabular": y[:, None].clone(), "text": (y + 1)[:, None]}}  # tabular perfect, text MSE 1
+    # two modalities: a contribution times 2 is on the prediction's scale; tabular is perfect, text off by 1
+    out = {"contributions": {"tabular": (y / 2)[:, None], "text": ((y + 1) / 2)[:, None]}}
     branches = model.branch_parameters()
     for p in model.parameters():
         p.grad = torch.ones_like(p)
     balancing = next(cb for cb in t.callbacks if isinstance(cb, ModalityBalancing))
     coefs = balancing.modulate(t, out, batch)
-    ratio = 1.0 / 0.5  # score_tabular = 1 / (1 + 0), score_text = 1 / (1 + 1)
-    expected = 1 - math.tanh(0.5 * (ratio - 1))
+    expected = 1 - math.tanh(0.5 * 2.0)  # score 1 / (1 + 0) against 1 / (1 + 1): ρ = 2
     assert float(coefs["tabular"]) == pytest.approx(expected) and float(coefs["text"]) == 1.0
     assert all(torch.allclose(p.grad, torch.full_like(p, expected)) for p in branches["tabular"])
     assert all(torch.equal(p.grad, torch.ones_like(p)) for p in branches["text"] + branches["fusion"])
+
+
+def test_early_fusion_contributions_sum_to_the_prediction(ds):
+    model = _model(ds, modalities=("tabular", "text", "image"), head_layers=0).eval()
+    batch = ds.batch(ds.splits["val"][:32])
+    out = model(batch["inputs"], batch["present"])
+    torch.testing.assert_close(sum(out["contributions"].values()), out["pred"], rtol=1e-5, atol=1e-5)
 
 
 # --------------------------------------------------------------------- inference
@@ -334,7 +361,7 @@ def test_cuda_run_with_amp_ogm_and_checkpoint(ds, tmp_path, amp):
     mods = ("tabular", "text", "image")
     kw = dict(epochs=3, batch_size=32, progress=False, device="cuda", amp=amp, aux_weight=0.3, ogm_alpha=0.5,
               track_modalities=True, checkpoint_path=str(tmp_path / "gpu.pt"))
-    res = fit_model(_model(ds, modalities=mods, aux_heads=True), ds, **kw)
+    res = fit_model(_model(ds, modalities=mods, aux_heads=True, head_layers=0), ds, **kw)
     t = res.trainer
     expected = {"off": None, "fp16": torch.float16,
                 "auto": torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16}[amp]
@@ -345,7 +372,7 @@ def test_cuda_run_with_amp_ogm_and_checkpoint(ds, tmp_path, amp):
     p = t.predict("test", present_override={"image": False})
     assert isinstance(p, np.ndarray) and np.isfinite(p).all()
     # resuming a finished run restores it without training more
-    again = Trainer(_model(ds, modalities=mods, aux_heads=True), ds, TrainConfig(**kw, resume=True)).fit()
+    again = Trainer(_model(ds, modalities=mods, aux_heads=True, head_layers=0), ds, TrainConfig(**kw, resume=True)).fit()
     assert again.epochs_run == res.epochs_run and again.best_epoch == res.best_epoch
     # trainers share one device copy of the data
     assert ds.to("cuda").modalities["image"].tensors["pixels"].data_ptr() == \

@@ -1,8 +1,10 @@
 """Modality attribution: how much of a fused model's score each modality earns.
 
 The value of a subset of modalities is a score (``subset_values_by_masking``: the
-trained model with the other modalities masked at inference; or a model retrained on
-that subset); ``shapley_values`` splits the full score minus that of a constant
+trained model with the other modalities masked at inference, meaningful only where the
+model was trained with them missing; ``subset_values_interventional``: the other
+modalities taken from random background rows, averaged over draws; or a model
+retrained on that subset); ``shapley_values`` splits the full score minus that of a constant
 prediction (``constant_prediction`` / ``constant_metrics``, the empty subset) fairly
 among the modalities, exactly, over ``all_subsets``. ``shapley_table`` puts the split in
 a DataFrame. ``modality_weights`` reads the weights that weighting fusions give each
@@ -20,7 +22,7 @@ import torch
 
 from mmlib.analysis.robustness import check_modality, split_rows, trainer_dataset, trainer_modalities
 from mmlib.training.metrics import compute_metrics
-from mmlib.training.tasks import primary_metric
+from mmlib.training.tasks import get_task, primary_metric
 from mmlib.utils import MMLibError
 
 
@@ -96,7 +98,10 @@ def subset_values_by_masking(trainer: Any, modalities: Sequence[str] | None = No
     The empty set is the metric of a constant prediction (training mean / class
     prior), not of the model with everything masked; so is any subset holding none of
     the modalities the model reads (a modality the model ignores gets Shapley value 0).
-    ``metric`` defaults to the task's primary metric. Feed the result to ``shapley_values``."""
+    ``metric`` defaults to the task's primary metric. Feed the result to ``shapley_values``.
+    Only meaningful when every masked path was trained
+    (``mmlib.analysis.robustness.missing_path_trained``); otherwise use
+    ``subset_values_interventional``."""
     ds = trainer_dataset(trainer)
     mods = list(modalities) if modalities is not None else trainer_modalities(trainer)
     for m in mods:
@@ -110,6 +115,81 @@ def subset_values_by_masking(trainer: Any, modalities: Sequence[str] | None = No
             continue
         override = {m: False for m in mods if m not in s}
         values[s] = _metric_from(trainer.evaluate(split, present_override=override or None), metric, split)
+    return values
+
+
+def _donor_transform(ds, replaced: Sequence[str], donors: torch.Tensor, pos: torch.Tensor):
+    """A batch transform that gives every row the ``replaced`` modalities (tensors and
+    presence) of its donor row ``donors[pos[idx]]``."""
+
+    def transform(batch: dict[str, Any]) -> dict[str, Any]:
+        idx = batch["idx"]
+        donor = donors[pos[idx.cpu()]]
+        out = dict(batch)
+        out["inputs"], out["present"] = dict(batch["inputs"]), dict(batch["present"])
+        for m in replaced:
+            mod = ds.modalities[m]
+            d = donor.to(mod.present.device)
+            out["inputs"][m] = {k: t[d] for k, t in mod.tensors.items()}
+            out["present"][m] = mod.present[d]
+        return out
+
+    return transform
+
+
+def subset_values_interventional(trainer: Any, modalities: Sequence[str] | None = None, split: str = "test",
+                                 background: str = "train", draws: int = 8, seed: int = 0,
+                                 metric: str | None = None) -> dict[frozenset[str], float]:
+    """Interventional subset values for a trained model: v(S) is ``metric`` on ``split`` of
+    the predictions averaged over ``draws`` background draws, where in each draw every
+    row takes the modalities outside S (their tensors *and* presence) from one random
+    row of the ``background`` split (the same donor row for all of them, so their joint
+    distribution is kept; donors drawn with ``seed``, the same for every subset).
+
+    Unlike masking (``subset_values_by_masking``), this never asks the model for a
+    path it was not trained on: every input it sees is a real row's. v(N) is the
+    model's own score; v(∅) (every modality the model reads from the donor) uses the
+    same K draws, so the finite-K spread that remains in the averaged predictions
+    lowers v(∅) and v(S) alike and largely cancels in the Shapley differences (a
+    modality the model ignores, or that is pure noise, gets about 0). Predictions are
+    averaged in ``trainer.predict``'s units (original units for regression,
+    probabilities for classification) and scored with the task's metrics; ``metric``
+    defaults to the task's primary metric. Feed the result to ``shapley_values``."""
+    ds = trainer_dataset(trainer)
+    mods = list(modalities) if modalities is not None else trainer_modalities(trainer)
+    for m in mods:
+        check_modality(ds, m)
+    if int(draws) < 1:
+        raise MMLibError(f"subset_values_interventional: draws={draws}; give at least 1 background draw.")
+    task = get_task(ds.task)
+    metric = metric or task.metric
+    rows = torch.as_tensor(split_rows(ds, split), dtype=torch.long)
+    bg = torch.as_tensor(split_rows(ds, background), dtype=torch.long)
+    if len(bg) == 0 or len(rows) == 0:
+        raise MMLibError(f"subset_values_interventional: split {split!r} or background {background!r} has no rows.")
+    y = ds.target[rows.to(ds.target.device)].detach().cpu().numpy()
+
+    def score(pred: np.ndarray) -> float:
+        return _metric_from(task.metrics(y, pred, ds.n_classes), metric, split)
+
+    used = set(trainer_modalities(trainer))
+    gen = torch.Generator().manual_seed(int(seed))
+    donors = bg[torch.randint(len(bg), (int(draws), len(rows)), generator=gen)]
+    pos = torch.full((ds.n,), -1, dtype=torch.long)
+    pos[rows] = torch.arange(len(rows))
+    by_replaced: dict[frozenset[str], float] = {}  # subsets that replace the same modalities share a value
+    values: dict[frozenset[str], float] = {}
+    for s in all_subsets(mods):
+        replaced = [m for m in mods if m not in s and m in used]
+        key = frozenset(replaced)
+        if key not in by_replaced:
+            if not replaced:
+                by_replaced[key] = score(trainer.predict(rows.numpy()))
+            else:
+                total = sum(trainer.predict(rows.numpy(), transform=_donor_transform(ds, replaced, donors[k], pos))
+                            for k in range(int(draws)))
+                by_replaced[key] = score(total / int(draws))
+        values[s] = by_replaced[key]
     return values
 
 
@@ -152,4 +232,4 @@ def modality_weights(runs: Mapping[str, Any], split: str = "test", batch_size: i
 
 
 __all__ = ["all_subsets", "shapley_values", "shapley_table", "constant_prediction", "constant_metrics",
-           "subset_values_by_masking", "modality_weights"]
+           "subset_values_by_masking", "subset_values_interventional", "modality_weights"]

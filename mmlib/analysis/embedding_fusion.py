@@ -243,7 +243,8 @@ def run_target_variant(dataset: MultimodalDataset, *, fusion: str, target_mode: 
                                        **dict(train_kwargs or {}))
     set_seeds(int(seed))
     model = build_model(ds_t, fusion=fusion, **dict(model_kwargs or {}))
-    objective = SupervisedObjective(ds_t, loss_fn=make_loss(loss, scaler, z_train=scaler.transform(y[train_rows])))
+    objective = SupervisedObjective(ds_t, loss_fn=make_loss(loss, scaler, z_train=scaler.transform(y[train_rows])),
+                                    standardize=False)  # the scaler above is this run's target transform
     trainer = Trainer(model, config=config, objective=objective)
     fit = trainer.fit()
     metrics: dict[str, dict[str, float]] = {}
@@ -256,7 +257,8 @@ def run_target_variant(dataset: MultimodalDataset, *, fusion: str, target_mode: 
                         dataset=dataset.name, experiment=experiment, model_name=model_name or f"{fusion}_fusion",
                         fusion=fusion, modalities=dataset.modality_names, condition=f"target={target_mode},loss={loss}",
                         seed=seed, extra={"target_mode": target_mode, "loss": loss, "best_epoch": fit.best_epoch,
-                                          "monitor": fit.monitor, "model_kwargs": dict(model_kwargs or {})})
+                                          "monitor": fit.monitor, "model_kwargs": dict(model_kwargs or {})},
+                        predictions=preds["test"], y_test=y[np.asarray(dataset.splits["test"])])
     test_rows = np.asarray(dataset.splits["test"])
     return VariantRun(model, trainer, fit, scaler, metrics, test_rows, y[test_rows], preds["test"], record)
 

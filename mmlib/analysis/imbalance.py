@@ -11,18 +11,22 @@ untouched) where one modality is weaker:
 - ``"truncate"`` (text only): each text keeps only its first round((1 − level)·L)
   tokens (L its own length): the signal at the end of the sentence is lost.
 
-Remedies are configured through existing knobs (``REMEDIES``): modality dropout
-(``build_model(..., modality_dropout=p)``), unimodal auxiliary losses
-(``aux_heads=True`` + ``TrainConfig(aux_weight=w)``) and OGM-GE, on-the-fly
-gradient modulation (Peng et al. 2022; ``aux_heads=True`` + ``TrainConfig(ogm_alpha=a)``).
+Remedies are configured through existing knobs (``REMEDIES``, all on ``BASE_MODEL``, the
+concatenation fusion with a linear head): modality dropout (``build_model(...,
+modality_dropout=p)``), unimodal auxiliary losses (``aux_heads=True`` +
+``TrainConfig(aux_weight=w)``), OGM-GE as published (Peng et al. 2022;
+``TrainConfig(ogm_alpha=a)``) and our smooth variant of it (``ogm_variant="smooth"``).
 ``contribution_table`` turns the per-modality quantities the trainer tracks each
 epoch into a tidy frame for plotting contribution over training.
 
 The experiment of notebook 50: ``pick_weak_modality`` chooses the modality to weaken,
 ``imbalance_conditions`` the weakenings, and ``imbalance_experiment`` trains every
-(condition, remedy) over seeds and scores each model with the weakened modality
-masked (``without_weak``) and with it alone (``weak_alone``: the fused model with
-every other modality masked).
+(condition, remedy), the clean data included, over the profile's seeds and scores each
+model with the weakened modality masked (``without_weak``) and with it alone
+(``weak_alone``: the fused model with every other modality masked).
+``remedy_verdicts`` compares like with like: within one condition (same weakened
+modality, same weakening), each remedy against no remedy, by paired-bootstrap
+intervals over the test rows (``mmlib.analysis.verdicts``); the postmortem uses it too.
 """
 from __future__ import annotations
 
@@ -35,8 +39,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mmlib.analysis.robustness import corrupt_batch, corruption_stats, drop_modality
-from mmlib.analysis.summaries import Summary
+from mmlib.analysis.robustness import corrupt_batch, corruption_stats
+from mmlib.analysis.summaries import Summary, as_frame
+from mmlib.analysis.verdicts import Evidence, fmt_delta
 from mmlib.data.base import Modality, MultimodalDataset
 from mmlib.reporting.records import RecordWriter, load_records
 from mmlib.utils import MMLibError
@@ -44,18 +49,26 @@ from mmlib.utils import MMLibError
 WEAKEN_HOWS = ("fewer_rows", "corrupt", "truncate")
 _CHUNK = 2048
 
-# Remedy name -> (build_model keyword arguments, TrainConfig keyword arguments).
+# The model every remedy is applied to: early fusion with a linear head over the concatenated
+# encoder features, the concatenation fusion OGM-GE was published for (Peng et al. 2022), so
+# that every remedy, OGM-GE as published included, is compared on the same model.
+BASE_MODEL: dict[str, Any] = {"head_layers": 0}
+
+# Remedy name -> (build_model keyword arguments, TrainConfig keyword arguments), on top of BASE_MODEL.
 REMEDIES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
-    # plain training: the baseline every remedy is compared with
-    "none": ({}, {}),
+    # plain training, no modality dropout: the baseline every remedy is compared with
+    "none": ({"modality_dropout": 0.0}, {}),
     # each (row, modality) is hidden with prob. 0.3 during training: the head must cope with any subset
     "modality_dropout": ({"modality_dropout": 0.3}, {}),
     # a linear head per modality, trained on its own features with weight 0.5 next to the fused loss
-    "aux_losses": ({"aux_heads": True}, {"aux_weight": 0.5}),
-    # OGM-GE: damp the gradients of the modality that currently dominates (alpha 0.5), plus Gaussian noise.
-    # The trainer scores each modality with its unimodal head; a small aux weight trains those heads (AdamW
-    # scales their updates independently of the weight) while barely touching the encoders.
-    "ogm_ge": ({"aux_heads": True}, {"ogm_alpha": 0.5, "aux_weight": 0.05}),
+    "aux_losses": ({"modality_dropout": 0.0, "aux_heads": True}, {"aux_weight": 0.5}),
+    # OGM-GE as published: the fused model's own per-modality contributions score each modality, the
+    # dominant one's encoder gradients are scaled by 1 − tanh(α·ρ) (α 0.5), Gaussian noise on every branch
+    "ogm_ge": ({"modality_dropout": 0.0}, {"ogm_alpha": 0.5}),
+    # our earlier variant, named apart: unimodal auxiliary heads score the modalities (a small aux weight
+    # trains them), coefficient 1 − tanh(α·relu(ρ − 1)), noise only on the damped branch
+    "ogm_ge_smooth": ({"modality_dropout": 0.0, "aux_heads": True},
+                      {"ogm_alpha": 0.5, "aux_weight": 0.05, "ogm_variant": "smooth"}),
 }
 
 
@@ -241,76 +254,142 @@ def imbalance_conditions(ds: MultimodalDataset, weak: str, fewer_rows: float, co
     return conds
 
 
-def _verdicts(long: pd.DataFrame, conditions: list[dict], weak: str, metric: str) -> tuple[list[str], dict[str, str]]:
-    """Per condition: does plain training adapt, collapse or degrade, and the best remedy."""
-    clean = long[long.condition == "clean"]
-    clean_test, clean_rel = clean["test"].mean(), clean["reliance_on_weak"].mean()
-    lines = [f"Clean model: test {metric} {clean_test:.3f}; masking {weak} costs it {clean_rel:.3f}."]
-    verdicts = {}
-    for label in [c["label"] for c in conditions]:
-        g = long[(long.condition == label)].groupby("remedy")[["test", "reliance_on_weak", "weak_alone"]].mean()
-        if "none" not in g.index:
+MASKED_EXPERIMENT = "imbalance_weak_masked"  # records of the same runs scored with the weakened modality masked
+_WORDS = {"better": "helps", "worse": "hurts", "not separable": "not separable"}
+
+
+def _masked_frame(recs: pd.DataFrame) -> pd.DataFrame:
+    """The weak-masked records; from the main records' ``test_without_weak`` when there are
+    none (records without per-row predictions of the masked model)."""
+    masked = recs[recs["experiment"] == MASKED_EXPERIMENT]
+    if len(masked) or "metric_test_without_weak" not in recs:
+        return masked
+    main = recs[recs["experiment"] == "imbalance"]
+    return main.assign(run_id=None, **{c: main["metric_test_without_weak"] for c in main.columns
+                                       if c.startswith("metric_test_") and c != "metric_test_without_weak"})
+
+
+def _plain_verdict(ev: Evidence, main: pd.DataFrame, masked: pd.DataFrame, label: str) -> str:
+    """Does plain training adapt, collapse onto the other modalities, or degrade under ``label``?"""
+    pick = lambda f, cond: f[(f["condition"] == cond) & (f["model"] == "none")]  # noqa: E731
+    deg = ev.compare(pick(main, label), pick(main, "clean"))
+    rel = ev.compare(pick(main, label), pick(masked, label))
+    clean_rel = ev.compare(pick(main, "clean"), pick(masked, "clean"))
+    if clean_rel["verdict"] == "better" and rel["verdict"] != "better":
+        masked = {"delta": -rel["delta"], "low": -rel["high"], "high": -rel["low"]}
+        return (f"collapses onto the other modalities: masking the weakened one changes its score by "
+                f"{fmt_delta(masked)} (" + ("not separable from 0" if rel["verdict"] == "not separable"
+                                            else "it scores better without it")
+                + f"; the clean model loses {fmt_delta(clean_rel)})")
+    if not np.isfinite(deg["low"]):
+        return f"changes by {fmt_delta(deg)} against the clean model (one seed and no per-row predictions: not judged)"
+    if deg["verdict"] == "worse":
+        return f"degrades: {fmt_delta(deg)} against the clean model"
+    return f"adapts: {fmt_delta(deg)} against the clean model ({deg['verdict']})"
+
+
+def remedy_verdicts(records: pd.DataFrame, evidence: Evidence) -> tuple[pd.DataFrame, list[str], dict[str, str]]:
+    """Like with like: per condition of notebook 50's ``records`` (``clean`` first, then each
+    weakening), plain training against the clean model, and each remedy against no remedy on
+    the same condition, seeds and test rows, with the weakened modality masked at test time
+    and with every input. Returns a table (one row per condition × remedy), one sentence
+    per condition and ``{condition: plain-training verdict}``. ``evidence`` decides each
+    comparison (paired bootstrap with predictions, else the seed spread)."""
+    recs = records[records["experiment"].isin(["imbalance", MASKED_EXPERIMENT])]
+    main, masked = recs[recs["experiment"] == "imbalance"], _masked_frame(recs)
+    labels = list(dict.fromkeys(["clean", *main["condition"]]))
+    rows, lines, plain = [], [], {}
+    mean = lambda f: float(np.mean(list(evidence.scores(f).values()) or [np.nan]))  # noqa: E731
+    for label in labels:
+        g, gm = main[main["condition"] == label], masked[masked["condition"] == label]
+        if "none" not in set(g["model"]):
             continue
-        base = g.loc["none"]
-        if base["reliance_on_weak"] < 0.1 * max(clean_rel, 1e-6) and label.startswith(weak + ":"):
-            verdict = "collapses onto the other modalities (the weakened one is nearly ignored)"
-        elif clean_test - base["test"] < 0.01:
-            verdict = "adapts (test score within 0.01 of the clean model)"
-        else:
-            verdict = f"degrades by {clean_test - base['test']:.3f}"
-        verdicts[label] = verdict
-        best = g["test"].idxmax()
-        lines.append(f"**{label}**: plain training scores {base['test']:.3f} and relies on the weakened modality "
-                     f"for {base['reliance_on_weak']:.3f} — it {verdict}. Best remedy: **{best}** "
-                     f"({g.loc[best, 'test']:.3f}, {g.loc[best, 'test'] - base['test']:+.3f} vs none).")
-    return lines, verdicts
+        extra = g["extra"].iloc[0] if "extra" in g and isinstance(g["extra"].iloc[0], dict) else {}
+        mod = extra.get("masked_modality") or (label.split(":")[0] if ":" in label else "the weakened modality")
+        line = f"**{label}**: "
+        if label != "clean":
+            plain[label] = _plain_verdict(evidence, main, masked, label)
+            line += f"plain training {plain[label]}. "
+        by: dict[str, dict[str, list[str]]] = {"masked": {}, "full": {}}
+        for remedy in [r for r in dict.fromkeys(g["model"]) if r != "none"]:
+            a, am = g[g["model"] == remedy], gm[gm["model"] == remedy]
+            d_full = evidence.compare(a, g[g["model"] == "none"])
+            d_mask = evidence.compare(am, gm[gm["model"] == "none"])
+            by["full"].setdefault(_WORDS[d_full["verdict"]], []).append(f"{remedy} {fmt_delta(d_full)}")
+            by["masked"].setdefault(_WORDS[d_mask["verdict"]], []).append(f"{remedy} {fmt_delta(d_mask)}")
+            rows.append({"condition": label, "remedy": remedy, "masked_modality": mod, "test": mean(a),
+                         "vs_none": fmt_delta(d_full), "verdict": _WORDS[d_full["verdict"]], "weak_masked": mean(am),
+                         "vs_none_weak_masked": fmt_delta(d_mask), "verdict_weak_masked": _WORDS[d_mask["verdict"]],
+                         "method": d_mask["method"]})
+        for key, what in (("masked", f"with {mod} masked at test time"), ("full", "with every input")):
+            if by[key]:
+                line += (f"Against no remedy {what}: " + "; ".join(f"{w}: {', '.join(v)}" for w, v in by[key].items())
+                         + ". ")
+        if line != f"**{label}**: ":
+            lines.append(line.strip())
+    table = pd.DataFrame(rows)
+    if len(table):
+        table = table.set_index(["condition", "remedy"])
+    return table, lines, plain
 
 
 def imbalance_experiment(ds: MultimodalDataset, conditions: list[dict], remedies: Mapping[str, tuple],
                          profile: Mapping, notebook: str, device: str, writer: RecordWriter, metric: str,
-                         weak: str) -> ImbalanceSummary:
-    """Train every (condition, remedy) over the profile's seeds (plus the clean model
-    with no remedy); record the test score, the score with the weakened modality masked
+                         weak: str, n_boot: int = 1000) -> ImbalanceSummary:
+    """Train every (condition, remedy), the clean data included, over the profile's seeds;
+    record the test score, the score with the weakened modality masked
     (``test_without_weak``) and with it alone (``test_weak_alone``: every other modality
-    masked), and ``reliance_on_weak`` = test − without_weak; classify adapt / collapse / degrade."""
+    masked), and ``reliance_on_weak`` = test − without_weak. Each run writes two records
+    with their test predictions: experiment ``imbalance`` and ``imbalance_weak_masked``
+    (the same model with the weakened modality masked). The text is ``remedy_verdicts``."""
     from mmlib.training.experiments import run_fusion
 
     mods = ds.modality_names
-    rows, contributions = [], {}
-    settings = [({"modality": weak, "how": "none", "level": 0.0, "label": "clean"}, "none")]
-    settings += [(c, r) for c in conditions for r in remedies]
-    seeds = profile.get("imbalance_seeds") or profile["seeds"]
-    for cond, remedy in settings:
-        model_kwargs, train_kwargs = remedies[remedy]
-        for seed in seeds:
-            data = ds if cond["how"] == "none" else weaken(ds, cond["modality"], cond["how"], cond["level"], seed=seed)
-            track = seed == seeds[0]
-            run = run_fusion(data, "early", mods, seed, profile, notebook, "imbalance", condition=cond["label"],
-                             model_kwargs=model_kwargs, train_kwargs={**train_kwargs, "track_modalities": track},
-                             device=device, writer=None, model_name=remedy, progress=False)
-            test = float(run.metrics["test"][metric])
-            target = cond["modality"]
-            without = float(drop_modality(run.trainer, target, "mask", "test")[metric])
-            others = [m for m in mods if m != target]
-            alone = float(run.trainer.evaluate("test", present_override={m: False for m in others})[metric]) \
-                if others else test
-            rec = dict(run.record)
-            rec["metrics"] = {**rec["metrics"], "test_without_weak": without, "test_weak_alone": alone,
-                              "reliance_on_weak": test - without}
-            writer.add(rec)
-            rows.append({"condition": cond["label"], "remedy": remedy, "seed": seed, "test": test,
-                         "without_weak": without, "weak_alone": alone, "reliance_on_weak": test - without})
-            if track:
-                c = contribution_table(run.fit)
-                c = c[c["quantity"] == "contribution"].assign(remedy=remedy)
-                contributions.setdefault(cond["label"], []).append(c)
+    rows, contributions, preds = [], {}, {}
+    start = len(writer)
+    clean = {"modality": weak, "how": "none", "level": 0.0, "label": "clean"}
+    seeds = [int(s) for s in profile["seeds"]]
+    for cond in [clean, *conditions]:
+        for remedy, (model_kwargs, train_kwargs) in remedies.items():
+            for seed in seeds:
+                data = ds if cond["how"] == "none" else weaken(ds, cond["modality"], cond["how"], cond["level"], seed=seed)
+                track = seed == seeds[0]
+                run = run_fusion(data, "early", mods, seed, profile, notebook, "imbalance", condition=cond["label"],
+                                 model_kwargs={**BASE_MODEL, **model_kwargs},
+                                 train_kwargs={**train_kwargs, "track_modalities": track},
+                                 device=device, writer=None, model_name=remedy, progress=False)
+                target = cond["modality"]
+                test = float(run.metrics["test"][metric])
+                masked = dict(run.trainer.evaluate("test", present_override={target: False}))
+                without = float(masked[metric])
+                others = [m for m in mods if m != target]
+                alone = float(run.trainer.evaluate("test", present_override={m: False for m in others})[metric]) \
+                    if others else test
+                rec = dict(run.record)
+                rec["metrics"] = {**rec["metrics"], "test_without_weak": without, "test_weak_alone": alone,
+                                  "reliance_on_weak": test - without}
+                rec["extra"] = {**rec["extra"], "masked_modality": target}
+                for r, p in ((rec, run.trainer.predict("test")),
+                             ({**rec, "experiment": MASKED_EXPERIMENT, "metrics": {f"test_{k}": v for k, v in masked.items()}},
+                              run.trainer.predict("test", present_override={target: False}))):
+                    preds[writer.add(r, predictions=p)["run_id"]] = np.asarray(p)
+                rows.append({"condition": cond["label"], "remedy": remedy, "seed": seed, "test": test,
+                             "without_weak": without, "weak_alone": alone, "reliance_on_weak": test - without})
+                if track:
+                    c = contribution_table(run.fit)
+                    c = c[c["quantity"] == "contribution"].assign(remedy=remedy)
+                    contributions.setdefault(cond["label"], []).append(c)
     long = pd.DataFrame(rows)
-    table = long.groupby(["condition", "remedy"])[["test", "without_weak", "weak_alone", "reliance_on_weak"]].agg(
-        ["mean", "std"]).round(4)
-    lines, verdicts = _verdicts(long, conditions, weak, metric)
-    return ImbalanceSummary(table, " ".join(lines), {"verdicts": verdicts}, long,
+    table = long.groupby(["condition", "remedy"], sort=False)[["test", "without_weak", "weak_alone",
+                                                               "reliance_on_weak"]].agg(["mean", "std"]).round(4)
+    y_test = ds.target.detach().cpu().numpy()[np.asarray(ds.splits["test"])]
+    ev = Evidence(metric, preds, y_test, task=ds.task, n_boot=n_boot)
+    remedies_table, lines, plain = remedy_verdicts(as_frame(writer.records[start:]), ev)
+    text = (f"Each remedy against no remedy on the same condition and seeds ({ev.note('bootstrap')}; "
+            "helps / hurts: the interval excludes 0). " + " ".join(lines))
+    return ImbalanceSummary(table, text, {"verdicts": plain, "remedies": remedies_table}, long,
                             {k: pd.concat(v, ignore_index=True) for k, v in contributions.items()})
 
 
-__all__ = ["WEAKEN_HOWS", "REMEDIES", "weaken", "contribution_table", "ImbalanceSummary", "pick_weak_modality",
-           "imbalance_conditions", "imbalance_experiment"]
+__all__ = ["WEAKEN_HOWS", "REMEDIES", "MASKED_EXPERIMENT", "weaken", "contribution_table", "ImbalanceSummary",
+           "pick_weak_modality", "imbalance_conditions", "remedy_verdicts", "imbalance_experiment"]

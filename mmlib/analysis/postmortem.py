@@ -4,18 +4,30 @@ Every sentence is assembled from numbers computed here from the records of the
 other notebooks (mean ± std over seeds, with n); nothing is typed in. On
 ``spacecraft`` a last section checks whether the analyses recovered the planted
 structure (shares and ceilings come from ``00_eda``'s records).
+
+Verdicts ("Yes", "best", "helps", "pays off") follow only from 95 % intervals
+(``mmlib.analysis.verdicts``): a paired bootstrap over the test rows, combined over
+seeds, when the records' per-row predictions are given (``predictions`` +
+``y_test``), else the seed spread, labelled so. Q1 compares *systems*: every model of
+notebooks 10, 20 and 40 on the primary target (networks, practitioner baselines and
+the stacks), multimodal or unimodal by the modalities it reads. The postmortem
+refuses records of mixed profiles or seed offsets and lists the commits it read.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
 
 from mmlib.analysis.attribution import shapley_values
+from mmlib.analysis.imbalance import remedy_verdicts
 from mmlib.analysis.summaries import group_stats
+from mmlib.analysis.verdicts import N_BOOT, Evidence, fmt_delta
 from mmlib.reporting.records import fmt_mean_std
+from mmlib.utils import MMLibError
 
 QUESTIONS = (
     "Did multimodal fusion meaningfully outperform unimodal models?",
@@ -39,11 +51,14 @@ class Postmortem:
     dataset: str
     metric: str
     sections: list[Section] = field(default_factory=list)
+    provenance: str = ""
 
     def to_markdown(self) -> str:
         out = [f"# Postmortem — {self.dataset}", "",
                f"Generated from the result records of every notebook (primary metric: test {self.metric}; "
                "mean ± std over seeds, n = number of seeds).", ""]
+        if self.provenance:
+            out += [self.provenance, ""]
         for s in self.sections:
             out += [f"## {s.title}", "", s.text, ""]
             if s.table is not None and len(s.table):
@@ -67,11 +82,14 @@ def _md(df: pd.DataFrame) -> str:
 
 
 def _fmt(row) -> str:
-    return fmt_mean_std(row["mean"], row["std"], int(row["n"]))
+    return fmt_mean_std(row["mean"], row["std"], int(row["n"] if "n" in row else row["n_seeds"]))
 
 
 # experiments whose records are trained models (others evaluate a trained model, e.g. under noise)
 TRAINING_EXPERIMENTS = ("unimodal", "simple_fusion", "fusion_variant", "full_model", "subset")
+# Q1's systems: every model of these notebooks and experiments, on the primary target
+SYSTEM_NOTEBOOKS = ("10_unimodal_baselines", "20_simple_fusion", "40_fusion_variants")
+SYSTEM_EXPERIMENTS = ("unimodal", "text_encoder", "catboost", "tfidf", "simple_fusion", "fusion_variant", "stacking")
 
 
 def _unique_runs(df: pd.DataFrame) -> pd.DataFrame:
@@ -91,97 +109,170 @@ def primary_metric_from(records: pd.DataFrame) -> str:
     raise ValueError("records carry no test_r2 / test_roc_auc / test_accuracy metric")
 
 
-def build_postmortem(records: pd.DataFrame, dataset: str) -> Postmortem:
-    recs = records[records["dataset"] == dataset]
-    metric = primary_metric_from(recs[recs["notebook"] != "00_eda"])
-    col = f"metric_test_{metric}"
-    pm = Postmortem(dataset, metric)
-    nb = lambda name: recs[recs["notebook"] == name]  # noqa: E731
-    trained = recs[recs[col].notna()] if col in recs else recs.iloc[0:0]
+def provenance(recs: pd.DataFrame, dataset: str) -> str:
+    """One line naming the profile, seed offset and commits of ``recs``; an ``MMLibError``
+    naming them when the records mix profiles or seed offsets (their seeds do not pair)."""
+    def groups(col: str) -> dict[str, list[str]]:
+        vals = recs[col].astype(object).where(recs[col].notna(), "not recorded").astype(str) if col in recs \
+            else pd.Series("not recorded", index=recs.index)
+        return {v: sorted(recs.loc[vals == v, "notebook"].unique()) for v in dict.fromkeys(vals)}
 
-    # --- Q1: fusion vs unimodal
-    uni = trained[(trained["n_modalities"] == 1) & trained["notebook"].isin(["10_unimodal_baselines", "20_simple_fusion"])
-                  & (trained["fusion"] != "none")]
-    uni = _unique_runs(uni[uni["experiment"] == "unimodal"])
-    fused = _unique_runs(trained[(trained["n_modalities"] > 1) & trained["notebook"].isin(["20_simple_fusion", "40_fusion_variants"])
-                                 & trained["experiment"].isin(["simple_fusion", "fusion_variant"])])
-    s_uni = group_stats(uni, ["model"], col).sort_values("mean", ascending=False)
-    s_fused = group_stats(fused, ["model"], col).sort_values("mean", ascending=False)
-    if len(s_uni) and len(s_fused):
-        bu, bf = s_uni.index[0], s_fused.index[0]
-        gain = s_fused["mean"].iloc[0] - s_uni["mean"].iloc[0]
-        spread = math.sqrt(np.nansum([s_fused["std"].iloc[0] ** 2, s_uni["std"].iloc[0] ** 2]))
-        meaningful = gain > max(2 * spread, 0.01)
-        text = (f"The best single-modality model is **{bu}** ({_fmt(s_uni.iloc[0])}); the best fusion is **{bf}** "
-                f"({_fmt(s_fused.iloc[0])}). Gain: {gain:+.3f} test {metric}"
-                + (f", {gain / spread:.1f}× the combined seed spread" if spread > 0 else "") + ". "
-                + ("**Yes**: the gain is larger than both 0.01 and twice the seed spread."
-                   if meaningful else "**No meaningful gain**: it is below 0.01 or within twice the seed spread."))
-        base = trained[(trained["notebook"] == "10_unimodal_baselines") & (trained["fusion"] == "none")
-                       & (trained["experiment"] != "other_target")]
-        cat = group_stats(base, ["model"], col).sort_values("mean", ascending=False)
-        if len(cat):
-            text += (" Practitioner baselines (CatBoost, TF-IDF + linear) for reference: "
-                     + "; ".join(f"{m} {_fmt(r)}" for m, r in cat.iterrows()) + ".")
-        table = pd.concat([s_uni.assign(kind="single modality"), s_fused.assign(kind="fusion")])
-        pm.sections.append(Section(f"1. {QUESTIONS[0]}", text, table.round(4)))
+    listing = lambda g: "; ".join(f"{v} ({', '.join(nbs)})" for v, nbs in g.items())  # noqa: E731
+    for col, what in (("profile", "profiles"), ("seed_offset", "seed offsets")):
+        g = groups(col)
+        if len(g) > 1:
+            raise MMLibError(f"postmortem of {dataset}: the records mix {what}: {listing(g)}. Rerun those notebooks "
+                             f"with one profile and seed offset (python -m mmlib.reports --profile ...) first.")
+    commits = groups("git_commit")
+    return (f"Read {len(recs)} records from {recs['notebook'].nunique()} notebooks; profile "
+            f"**{next(iter(groups('profile')))}**, seed offset {next(iter(groups('seed_offset')))}; "
+            + (f"commit {next(iter(commits))}." if len(commits) == 1 else f"commits {listing(commits)}."))
+
+
+def systems_frame(trained: pd.DataFrame) -> pd.DataFrame:
+    """Q1's systems: one record per run of notebooks 10, 20, 40 (``SYSTEM_EXPERIMENTS``), with
+    ``kind`` (network / practitioner baseline / stack of models) and ``multimodal`` (reads
+    more than one modality)."""
+    s = _unique_runs(trained[trained["notebook"].isin(SYSTEM_NOTEBOOKS) & trained["experiment"].isin(SYSTEM_EXPERIMENTS)])
+    kind = np.select([s["experiment"] == "stacking", s["fusion"] == "none"], ["stack of models", "practitioner baseline"],
+                     "network")
+    return s.assign(kind=kind, multimodal=s["n_modalities"] > 1)
+
+
+def _ranked(ev: Evidence, frame: pd.DataFrame, extra: Mapping[str, pd.Series] | None = None):
+    """``ev.rank`` by model, with ``mean ± std (n)`` and the interval of each against the top."""
+    t, best, tied, method = ev.rank(frame, "model")
+    t.insert(0, "score", [fmt_mean_std(r["mean"], r["std"], int(r["n_seeds"])) for _, r in t.iterrows()])
+    for name, col in (extra or {}).items():
+        t.insert(0, name, col.reindex(t.index))
+    t["vs_top"] = [fmt_delta({"delta": r["vs_top"], "low": r["low"], "high": r["high"]}) if r["verdict"] != "top" else ""
+                   for _, r in t.iterrows()]
+    t.index.name = "model"
+    return t.drop(columns=["low", "high", "std", "n_seeds"]).round(4), best, tied, method
+
+
+def _q1(sys: pd.DataFrame, ev: Evidence, metric: str) -> Section:
+    title = f"1. {QUESTIONS[0]}"
+    if not (sys["multimodal"].any() and (~sys["multimodal"]).any()):
+        return Section(title, "Not answered: unimodal or multimodal records are missing.")
+    first = sys.drop_duplicates("model").set_index("model")
+    t, _, _, method = _ranked(ev, sys, {"modalities": first["modality_set"], "kind": first["kind"]})
+    pick = lambda m: sys[sys["model"] == m]  # noqa: E731
+    desc = lambda m: f"**{m}** ({first.loc[m, 'kind']}, {first.loc[m, 'modality_set']}; {t.loc[m, 'score']})"  # noqa: E731
+    multi = [m for m in t.index if first.loc[m, "multimodal"]]
+    uni = [m for m in t.index if not first.loc[m, "multimodal"]]
+    bm, bu = multi[0], uni[0]
+    d = ev.compare(pick(bm), pick(bu))
+    text = (f"{len(uni)} unimodal systems (single-modality networks and practitioner baselines on one modality) "
+            f"against {len(multi)} multimodal ones (fusion networks, multimodal baselines, stacks of models); "
+            f"intervals: {ev.note(method)}. The best unimodal system is {desc(bu)}; the best multimodal system is "
+            f"{desc(bm)}. Multimodal − unimodal: {fmt_delta(d)}. ")
+    text += {"better": "**Yes**: the best multimodal system is better than the best unimodal system (the interval "
+                       "is above 0).",
+             "worse": f"**No: a unimodal system wins**: {bu} beats the best multimodal system (the interval is below 0).",
+             "not separable": "**Not separable**: the interval includes 0, so neither side wins on these test rows "
+                              "and seeds."}[d["verdict"]]
+    nets = [m for m in multi if first.loc[m, "kind"] == "network"]
+    if nets and nets[0] != bm:
+        dn = ev.compare(pick(nets[0]), pick(bu))
+        text += (f" Fusion networks alone: the best, {desc(nets[0])}, against {bu}: {fmt_delta(dn)} — "
+                 + {"better": "the networks beat it too.",
+                    "worse": f"**every fusion network is behind the unimodal {bu}**.",
+                    "not separable": "not separable."}[dn["verdict"]])
+    if {"stack", "stack_unimodal"} <= set(sys["model"]):
+        ds = ev.compare(pick("stack"), pick("stack_unimodal"))
+        text += (f" Stacking every member against stacking the single-modality members only: {fmt_delta(ds)} — "
+                 + {"better": "the multimodal members **add a gain** a combination of unimodal models does not reach.",
+                    "worse": "the multimodal members make the stack worse.",
+                    "not separable": "what the multimodal members add is **not separable** from 0."}[ds["verdict"]])
+    return Section(title, text, t)
+
+
+def _q2(var: pd.DataFrame, ev: Evidence, metric: str) -> Section:
+    title = f"2. {QUESTIONS[1]}"
+    if var.empty:
+        return Section(title, "Not answered: 40_fusion_variants has no records.")
+    t, best, tied, method = _ranked(ev, var, {"n_params": var.groupby("model")["n_params"].mean()})
+    text = (f"Ranked by mean test {metric}: " + ", ".join(f"{m} {t.loc[m, 'score']}" for m in t.index)
+            + f" (intervals: {ev.note(method)}). ")
+    if len(t) == 1:
+        text += f"Only one fusion variant was recorded ({t.index[0]}): nothing to rank."
+    elif best is not None:
+        text += f"**{best}** is best: its interval against every other fusion excludes 0."
     else:
-        pm.sections.append(Section(f"1. {QUESTIONS[0]}", "Not answered: unimodal or fusion records are missing."))
+        rest = [m for m in t.index if m not in tied]
+        text += (f"**Not separable**: {', '.join(tied)} cannot be told apart (each one's interval against {tied[0]} "
+                 "includes 0)" + (f"; behind them: {', '.join(rest)}." if rest else "."))
+    return Section(title, text, t)
 
-    # --- Q2: best fusion strategy
-    var = nb("40_fusion_variants")
-    stack = var[var["experiment"] == "stacking"]
-    var = var[var["experiment"] == "fusion_variant"]
-    s_var = group_stats(var, ["model"], col).sort_values("mean", ascending=False)
-    if len(s_var):
-        best, second = s_var.index[0], (s_var.index[1] if len(s_var) > 1 else None)
-        text = f"Ranked by mean test {metric}: " + ", ".join(f"{m} {_fmt(r)}" for m, r in s_var.iterrows()) + ". "
-        if second is not None:
-            diff = s_var["mean"].iloc[0] - s_var["mean"].iloc[1]
-            sp = math.sqrt(np.nansum([s_var["std"].iloc[0] ** 2, s_var["std"].iloc[1] ** 2]))
-            text += (f"**{best}** is best, {diff:.3f} ahead of {second}"
-                     + (" — within the seed spread, so the top two are not separable with these seeds."
-                        if diff <= sp else " — more than the combined seed spread."))
-        if len(stack) and col in stack and stack[col].notna().any():
-            st = group_stats(stack, ["model"], col).iloc[0]
-            text += (f" Stacking whole models (every fusion network and the practitioner baselines, non-negative "
-                     f"weights fitted on the validation split) scores {_fmt(st)}, "
-                     f"{st['mean'] - s_var['mean'].iloc[0]:+.3f} against {best}.")
-        params = var.groupby("model")["n_params"].mean()
-        s_var["n_params"] = params.reindex(s_var.index)
-        pm.sections.append(Section(f"2. {QUESTIONS[1]}", text, s_var.round(4)))
-    else:
-        pm.sections.append(Section(f"2. {QUESTIONS[1]}", "Not answered: 40_fusion_variants has no records."))
 
-    # --- Q3: robustness to missing modalities
-    abl = nb("30_ablations")
+def _q3(abl: pd.DataFrame, imb: pd.DataFrame, ev: Evidence, col: str) -> list[Section]:
+    title = f"3. {QUESTIONS[2]}"
     drop = abl[abl["experiment"] == "drop_at_inference"]
     dropped_model = drop["model"].iloc[0] if len(drop) else None  # the full model 30 took modalities from
     drop = drop[drop["model"] == dropped_model]
     clean = abl[(abl["experiment"] == "full_model") & (abl["model"] == dropped_model)]
-    if len(drop) and len(clean):
+    if not (len(drop) and len(clean)):
+        out = [Section(title, "Not answered: 30_ablations has no drop-at-inference records.")]
+    else:
         c = group_stats(clean, ["model"], col).iloc[0]
         d = group_stats(drop, ["condition"], col)
         d["drop_vs_clean"] = c["mean"] - d["mean"]
-        worst = d["drop_vs_clean"].idxmax()
-        text = (f"{dropped_model.replace('_', ' ').capitalize()} scores {_fmt(c)} with every modality. "
-                f"Masked at inference, the worst case is **{worst}** ({_fmt(d.loc[worst])}, "
-                f"a fall of {d.loc[worst, 'drop_vs_clean']:.3f}). ")
-        masks = d[[i.endswith(":mask") for i in d.index]]
-        survivable = (masks["mean"] > 0).sum() if metric == "r2" else len(masks)
-        text += (f"With the model's own missing-modality path (mask), {survivable} of {len(masks)} single-modality "
-                 "removals still beat a constant prediction." if len(masks) else "")
-        imb = nb("50_modality_imbalance")
-        if len(imb) and "metric_test_without_weak" in imb:
-            r = imb.groupby("model")["metric_test_without_weak"].mean().sort_values(ascending=False)
-            text += (" When the weakened modality is masked at test time, the remedies rank: "
-                     + ", ".join(f"{m} {v:.3f}" for m, v in r.items()) + ".")
-        pm.sections.append(Section(f"3. {QUESTIONS[2]}", text, d.round(4)))
-    else:
-        pm.sections.append(Section(f"3. {QUESTIONS[2]}", "Not answered: 30_ablations has no drop-at-inference records."))
+        untrained = drop.groupby("condition")["extra"].agg(
+            lambda ex: any(bool((e or {}).get("untrained_path")) for e in ex))
+        d["untrained_path"] = untrained.reindex(d.index).fillna(False).astype(bool)
+        findings = d[~d["untrained_path"]]
+        text = f"{dropped_model.replace('_', ' ').capitalize()} scores {_fmt(c)} with every modality. "
+        if len(findings):
+            worst = findings["drop_vs_clean"].idxmax()
+            text += (f"Masked at inference, the worst case is **{worst}** ({_fmt(findings.loc[worst])}, "
+                     f"a fall of {findings.loc[worst, 'drop_vs_clean']:.3f}). ")
+        flagged = list(d.index[d["untrained_path"]])
+        if flagged:
+            text += (f"Not findings: {', '.join(flagged)} masked a modality whose missing path this model never "
+                     "trained (untrained path), so those scores say nothing about the data. ")
+        masks = findings[[i.endswith(":mask") for i in findings.index]]
+        survivable = (masks["mean"] > 0).sum() if col.endswith("_r2") else len(masks)
+        text += (f"With the model's own, trained missing-modality path (mask), {survivable} of {len(masks)} "
+                 "single-modality removals still beat a constant prediction." if len(masks) else "")
+        out = [Section(title, text, d.round(4))]
+    if len(imb):
+        table, lines, _ = remedy_verdicts(imb, ev)
+        methods = set(table["method"]) if len(table) else {"spread"}
+        out.append(Section("3b. Which remedies help when one modality is weakened?",
+                           "Notebook 50, like with like: within each condition (the same weakened modality, the same "
+                           "weakening, the clean data too), each remedy against no remedy on the same seeds; helps / "
+                           f"hurts only when the interval excludes 0 ({ev.note('bootstrap' if methods == {'bootstrap'} else 'spread')}). "
+                           + " ".join(lines), table))
+    return out
 
+
+def build_postmortem(records: pd.DataFrame, dataset: str, predictions: Mapping[str, Any] | None = None,
+                     y_test: Any = None, n_boot: int = N_BOOT) -> Postmortem:
+    """The postmortem of ``dataset`` from its ``records`` (``load_records``); with ``predictions``
+    (``run_id -> test predictions``, ``load_predictions``) and ``y_test`` (``load_test_targets``)
+    every verdict rests on a paired bootstrap over the test rows, else on the seed spread."""
+    recs = records[(records["dataset"] == dataset) & (records["notebook"] != "90_postmortem")]
+    prov = provenance(recs, dataset)
+    metric = primary_metric_from(recs[recs["notebook"] != "00_eda"])
+    col = f"metric_test_{metric}"
+    ev = Evidence(metric, predictions, y_test, n_boot=n_boot)
+    n_pred = sum(1 for r in recs.get("run_id", pd.Series(dtype=object)) if r in ev.predictions)
+    prov += (f" Per-row test predictions for {n_pred} of {len(recs)} records." if ev.predictions else
+             f" {ev.note('spread').capitalize()}.")
+    pm = Postmortem(dataset, metric, provenance=prov)
+    nb = lambda name: recs[recs["notebook"] == name]  # noqa: E731
+    trained = recs[recs[col].notna()] if col in recs else recs.iloc[0:0]
+    trained = trained[trained["experiment"] != "other_target"]
+
+    pm.sections.append(_q1(systems_frame(trained), ev, metric))
+    var = nb("40_fusion_variants")
+    var = var[(var["experiment"] == "fusion_variant") & var[col].notna()] if col in var else var.iloc[0:0]
+    pm.sections.append(_q2(var, ev, metric))
+    abl = nb("30_ablations")
+    pm.sections.extend(_q3(abl, nb("50_modality_imbalance"), ev, col))
     # --- Q4: stability
-    pool = _unique_runs(trained[trained["notebook"].isin(["10_unimodal_baselines", "20_simple_fusion", "40_fusion_variants"])
+    pool = _unique_runs(trained[trained["notebook"].isin(SYSTEM_NOTEBOOKS)
                                 & trained["experiment"].isin(["unimodal", "text_encoder", "simple_fusion",
                                                               "fusion_variant"])])
     if len(pool):
@@ -206,8 +297,8 @@ def build_postmortem(records: pd.DataFrame, dataset: str) -> Postmortem:
             pm.sections.append(Section(f"4. {QUESTIONS[3]}", "Not answered: only one seed per model."))
 
     # --- Q5: parameter scaling
-    if len(s_uni) and len(var):
-        p_uni = trained[trained["experiment"] == "unimodal"].groupby("model")["n_params"].mean()
+    p_uni = trained[trained["experiment"] == "unimodal"].groupby("model")["n_params"].mean()
+    if len(p_uni) and len(var):
         p_var = var.groupby("model")["n_params"].mean().sort_values()
         total_uni = p_uni.sum()
         t = pd.DataFrame({"n_params": p_var, "ratio_to_sum_of_unimodal": (p_var / total_uni).round(2)})
@@ -221,7 +312,7 @@ def build_postmortem(records: pd.DataFrame, dataset: str) -> Postmortem:
         pm.sections.append(Section(f"5. {QUESTIONS[4]}", text, t))
 
     # --- Q6: when worth it
-    text = _worth_it(trained, col, metric, s_uni, s_fused, abl)
+    text = _worth_it(trained, col, metric, abl, ev)
     pm.sections.append(Section(f"6. {QUESTIONS[5]}", text))
 
     # --- planted structure (spacecraft)
@@ -305,29 +396,28 @@ def _published_section(recs: pd.DataFrame, dataset: str) -> Section | None:
     return Section("Comparison with published results", text, pd.DataFrame(rows).set_index("reference"))
 
 
-def _worth_it(trained, col, metric, s_uni, s_fused, abl) -> str:
-    parts = []
+def _worth_it(trained: pd.DataFrame, col: str, metric: str, abl: pd.DataFrame, ev: Evidence) -> str:
+    parts, methods = [], set()
     sub = abl[abl["experiment"].isin(["subset", "full_model"]) & (abl["model"] == "early_fusion")] if len(abl) else abl
     if len(sub):
-        s = group_stats(sub, ["modality_set"], col)
-        full_key = max(s.index, key=lambda k: k.count("+"))
-        full = s.loc[full_key]
+        full_key = max(sub["modality_set"].unique(), key=lambda k: k.count("+"))
         for m in full_key.split("+"):
             rest = "+".join(x for x in full_key.split("+") if x != m)
-            if rest in s.index:
-                gain = full["mean"] - s.loc[rest, "mean"]
-                sp = math.sqrt(np.nansum([full["std"] ** 2, s.loc[rest, "std"] ** 2]))
-                verdict = "pays off" if gain > max(2 * sp, 0.005) else "does not pay off"
-                parts.append(f"adding **{m}** to {rest}: {gain:+.3f} test {metric} ({verdict}; seed spread {sp:.3f})")
-    if len(s_uni) and len(s_fused):
-        runs = _unique_runs(trained[trained["experiment"].isin(TRAINING_EXPERIMENTS)])
+            if rest in set(sub["modality_set"]):
+                d = ev.compare(sub[sub["modality_set"] == full_key], sub[sub["modality_set"] == rest])
+                methods.add(d["method"])
+                verdict = {"better": "pays off", "worse": "costs", "not separable": "does not pay off: not separable"}
+                parts.append(f"adding **{m}** to {rest}: {fmt_delta(d)} test {metric} ({verdict[d['verdict']]})")
+    runs = _unique_runs(trained[trained["experiment"].isin(TRAINING_EXPERIMENTS)])
+    if (runs["n_modalities"] == 1).any() and (runs["n_modalities"] > 1).any():
         t_uni = runs[runs["n_modalities"] == 1]["train_time_s"].mean()
         t_fus = runs[runs["n_modalities"] > 1]["train_time_s"].mean()
         parts.append(f"a fused model takes {t_fus:.1f} s to train on average against {t_uni:.1f} s for one modality")
     if not parts:
         return "Not answered: the ablation records are missing."
-    return ("Measured here: " + "; ".join(parts) + ". A modality is worth adding when its retrain gain exceeds the "
-            "seed spread by a clear margin and its cost (parameters, time, a new failure mode when it is missing) is "
+    note = f" (intervals: {ev.note('bootstrap' if methods == {'bootstrap'} else 'spread')})" if methods else ""
+    return ("Measured here" + note + ": " + "; ".join(parts) + ". A modality is worth adding when its retrain gain "
+            "has an interval above 0 and its cost (parameters, time, a new failure mode when it is missing) is "
             "affordable; the lines above say which modalities pass that test on this dataset.")
 
 

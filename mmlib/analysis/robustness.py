@@ -10,6 +10,13 @@ inference hooks, so no model is modified:
 - ``transform=callable(batch) -> batch`` rewrites a batch before the forward pass
   (zero / mean imputation, noise at a level).
 
+Masking is only meaningful where the model was trained with the modality missing
+(``missing_path_trained``: modality dropout, or >= 1 % of training rows lack it);
+elsewhere a masked score measures an untrained path and is flagged, not reported
+as a finding. Noise has one meaning for every kind (``corrupt_batch``): level 0 is
+the clean input, level 1 the signal replaced by noise with the modality's own
+training-split marginal.
+
 Batches follow ``mmlib.data.base``: ``{"inputs": {mod: {key: tensor}}, "present":
 {mod: bool tensor}, "y": tensor, "idx": tensor}``; the modality kind is read from
 the tensor keys (``num``/``cat`` tabular, ``tokens`` text, ``pixels`` image, ``x``
@@ -28,8 +35,6 @@ import torch
 from mmlib.utils import MMLibError
 
 DROP_MODES = ("mask", "zero", "mean")
-TABULAR_NOISE_SCALE = 3.0  # std of the noise on standardised numeric columns at level 1
-IMAGE_NOISE_SCALE = 128.0  # std of the pixel noise (uint8 scale) at level 1
 _CHUNK = 2048  # rows per chunk when computing statistics over a whole split
 
 
@@ -138,99 +143,161 @@ def imputation_values(ds, modality: str) -> dict[str, torch.Tensor]:
     return out
 
 
-def corruption_stats(ds, modality: str) -> dict[str, Any]:
-    """What ``corrupt_batch`` needs to know about a modality beyond one batch: the
-    vocabulary size (text), category cardinalities (tabular) and the training-split
-    feature std (embedding)."""
+# ---------------------------------------------------------------- missing paths
+def missing_path_trained(trainer: Any, modality: str, min_fraction: float = 0.01) -> bool:
+    """Whether the trained model has seen ``modality`` absent during training, i.e. whether
+    masking it at inference uses a path the model learned: True when the model trains
+    with modality dropout (``trainer.model.modality_dropout > 0``) or when at least
+    ``min_fraction`` (1 %) of the training-split rows lack the modality. A modality the
+    model does not read counts as trained (masking it changes nothing). False means a
+    masked figure for it measures an untrained path, never a finding."""
+    ds = trainer_dataset(trainer)
+    check_modality(ds, modality)
+    model = getattr(trainer, "model", None)
+    if float(getattr(model, "modality_dropout", 0) or 0) > 0 or modality not in trainer_modalities(trainer):
+        return True
+    present = ds.modalities[modality].present
+    rows = torch.as_tensor(split_rows(ds, "train"), dtype=torch.long, device=present.device)
+    if len(rows) == 0:
+        return False
+    return float((~present[rows].bool()).float().mean()) >= min_fraction
+
+
+def untrained_paths(trainer: Any, modalities: Iterable[str]) -> list[str]:
+    """The modalities among ``modalities`` whose missing path the model never trained
+    (``missing_path_trained`` False), in the given order."""
+    return [m for m in modalities if not missing_path_trained(trainer, m)]
+
+
+_CONTINUOUS = ("num", "x", "pixels")
+_DISCRETE = ("cat", "tokens")
+
+
+def _marginal(key: str, t: torch.Tensor, rows: torch.Tensor, info: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The marginal statistics of tensor ``key`` over ``rows`` (CPU tensors)."""
+    if key in ("num", "x"):  # per column / dimension
+        mean, std = _float_mean_std(t, rows)
+        return {"mean": mean.float().cpu(), "std": std.float().cpu()}
+    if key == "pixels":  # per channel, over every pixel of the present rows
+        mean, std = _float_mean_std(t, rows)  # per pixel position; pooled per channel below
+        c_mean = mean.reshape(mean.shape[0], -1).mean(1)
+        c_sq = (std.reshape(std.shape[0], -1) ** 2 + mean.reshape(mean.shape[0], -1) ** 2).mean(1)
+        return {"mean": c_mean.float().cpu(), "std": (c_sq - c_mean ** 2).clamp(min=0).sqrt().float().cpu()}
+    x = t[rows].long().cpu()
+    if key == "cat":  # per column: frequencies of each level
+        cards = list(info.get("cat_cardinalities") or [])
+        probs = []
+        for j in range(x.shape[1]):
+            size = max(int(cards[j]) if j < len(cards) else 0, int(x[:, j].max()) + 1 if len(x) else 1)
+            probs.append(torch.bincount(x[:, j], minlength=size).double())
+        return {"probs": probs}
+    # tokens: one marginal over every non-padding position
+    size = max(int(info.get("vocab_size") or 0), int(x.max()) + 1 if x.numel() else 1)
+    return {"probs": torch.bincount(x[x != 0], minlength=size).double()}
+
+
+def corruption_stats(ds, modality: str) -> dict[str, dict[str, Any]]:
+    """The training-split marginal of each of ``modality``'s tensors (rows where it is
+    present), which ``corrupt_batch`` draws its noise from: per tensor key,
+    ``{"mean", "std"}`` for continuous tensors (``num`` per column, ``x`` per
+    dimension, ``pixels`` per channel) and ``{"probs"}`` (unnormalised counts) for
+    discrete ones (``cat``: one vector per column; ``tokens``: one vector over the
+    non-padding positions)."""
     check_modality(ds, modality)
     m = ds.modalities[modality]
-    info = dict(m.info)
-    stats: dict[str, Any] = {}
-    if m.kind == "text":
-        v = info.get("vocab_size") or (len(info["vocab"]) if info.get("vocab") is not None else 0)
-        stats["vocab_size"] = max(int(v or 0), int(m.tensors["tokens"].max()) + 1)
-    elif m.kind == "tabular" and "cat" in m.tensors and m.tensors["cat"].shape[1]:
-        cards = info.get("cat_cardinalities")
-        data_max = (m.tensors["cat"].max(dim=0).values + 1).tolist()
-        stats["cat_cardinalities"] = [max(int(c), int(d)) for c, d in zip(cards, data_max)] if cards else data_max
-    elif m.kind == "embedding":
-        stats["feature_std"] = _float_mean_std(m.tensors["x"], _present_train_rows(ds, modality))[1].float()
-    return stats
+    rows = _present_train_rows(ds, modality)
+    return {k: _marginal(k, t, rows, m.info) for k, t in m.tensors.items() if k in _CONTINUOUS + _DISCRETE}
 
 
 # -------------------------------------------------------------------- corruption
-def _uniform_ids(shape, low: torch.Tensor | int, high: torch.Tensor | int, generator) -> torch.Tensor:
-    """Integers uniform in [low, high) (``low``/``high`` may broadcast per column); drawn on the CPU."""
-    u = torch.rand(shape, generator=generator)
-    low_t = torch.as_tensor(low, dtype=torch.float64)
-    span = (torch.as_tensor(high, dtype=torch.float64) - low_t).clamp(min=1)
-    return (low_t + torch.floor(u.double() * span)).clamp(max=(low_t + span - 1)).long()
+def _draw(counts: torch.Tensor, shape, generator) -> torch.Tensor | None:
+    """Ids drawn from the (unnormalised) frequencies ``counts`` by inverse CDF; None if all zero."""
+    total = float(counts.sum())
+    if total <= 0:
+        return None
+    cdf = torch.cumsum(counts.double(), 0) / total
+    u = torch.rand(shape, generator=generator, dtype=torch.float64)
+    return torch.searchsorted(cdf, u, right=True).clamp(max=len(counts) - 1)
+
+
+def _mix_continuous(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, level: float, generator,
+                    channel: bool) -> torch.Tensor:
+    """μ + sqrt(1 − l)(x − μ) + sqrt(l)·σ·ε, with μ, σ per column (per channel if ``channel``)."""
+    shape = (1, -1) + (1,) * (x.ndim - 2) if channel else (1,) + tuple(x.shape[1:])
+    mu = mean.to(x.device, torch.float32).reshape(shape)
+    sd = std.to(x.device, torch.float32).reshape(shape)
+    eps = torch.randn(x.shape, generator=generator).to(x.device)
+    out = mu + math.sqrt(1.0 - level) * (x.float() - mu) + math.sqrt(level) * sd * eps
+    if x.dtype == torch.uint8:
+        return out.round().clamp(0, 255).to(torch.uint8)
+    return out.to(x.dtype)
+
+
+def _swap_discrete(t: torch.Tensor, draws: torch.Tensor | None, level: float, generator,
+                   keep: torch.Tensor | None = None) -> torch.Tensor:
+    swap = torch.rand(t.shape, generator=generator) < level
+    if draws is None:
+        return t
+    swap = swap.to(t.device)
+    if keep is not None:
+        swap &= ~keep
+    return torch.where(swap, draws.to(t.device, t.dtype), t)
 
 
 def corrupt_batch(batch: dict[str, Any], modality: str, level: float, generator: torch.Generator | None = None,
                   stats: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """A copy of ``batch`` with ``modality``'s inputs corrupted at ``level`` in [0, 1].
 
-    ========= =================================================================
-    kind      corruption at level ``l``
-    ========= =================================================================
-    tabular   numeric columns (standardised) + N(0, (3·l)²); each categorical
-              cell replaced with prob. ``l`` by a uniform random known level
-    text      each non-padding token replaced with prob. ``l`` by a uniform
-              random vocabulary id (not padding, not OOV)
-    image     pixels + N(0, (128·l)²), rounded and clipped to [0, 255]
-    embedding features + N(0, (l · feature std)²) per dimension
-    ========= =================================================================
+    One meaning for every kind: level 0 is the clean input; level 1 replaces the
+    signal by noise with the modality's own marginal statistics (training split, rows
+    where it is present; ``corruption_stats``).
 
-    Level 0 returns identical inputs; level 1 replaces the signal. Random numbers
-    come from ``generator`` (a CPU ``torch.Generator``; the global RNG if None), so
-    the result is the same on every device for the same generator state.
-    ``stats`` (from ``corruption_stats``) gives the vocabulary size, category
-    cardinalities and embedding std; without it they are read off the batch.
-    Rows where the modality is absent keep their zeros. The presence mask, other
-    modalities and the input batch are left untouched.
+    - Continuous tensors (tabular ``num`` per column, embedding ``x`` per dimension,
+      image ``pixels`` per channel), with train mean μ and std σ:
+      ``x' = μ + sqrt(1 − l)·(x − μ) + sqrt(l)·σ·ε``, ε ~ N(0, 1) per element. The
+      variance stays the marginal σ² at every level, the correlation with the clean
+      input is sqrt(1 − l), and level 1 is pure N(μ, σ²) noise. Pixels are then
+      rounded, clipped to [0, 255] and kept uint8; the clipping moves the marginal a
+      little where μ ± 2σ leaves [0, 255] (mean pulled inwards, std reduced).
+    - Discrete tensors (tabular ``cat``, text ``tokens``): each element independently,
+      with probability ``l``, is replaced by a draw from its column's (``cat``) or the
+      non-padding token (``tokens``) training marginal. Padding stays padding and no
+      padding is added, so text lengths are kept.
+
+    Random numbers come from ``generator`` (a CPU ``torch.Generator``; the global RNG
+    if None), so the result is the same on every device for the same generator state,
+    and the same generator state at two levels gives nested corruptions (common random
+    numbers). ``stats`` (from ``corruption_stats``) gives the marginals; without it
+    they are read off the batch's present rows. Rows where the modality is absent keep
+    their zeros. The presence mask, other modalities and the input batch are left
+    untouched; level 0 returns the input tensors themselves.
     """
     level = _check_level(level)
     if modality not in batch["inputs"]:
         raise MMLibError(f"The batch has no modality {modality!r}; it has {list(batch['inputs'])}.")
     tensors = batch["inputs"][modality]
-    kind = kind_of(tensors)
-    stats = dict(stats or {})
+    kind_of(tensors)  # a clear error for an unknown layout
     new: dict[str, torch.Tensor] = dict(tensors)
-
-    if kind == "tabular":
-        if "num" in tensors and tensors["num"].numel():
-            num = tensors["num"]
-            noise = torch.randn(num.shape, generator=generator).to(num.device, num.dtype)
-            new["num"] = num + (TABULAR_NOISE_SCALE * level) * noise
-        if "cat" in tensors and tensors["cat"].numel():
-            cat = tensors["cat"]
-            cards = stats.get("cat_cardinalities") or (cat.max(dim=0).values + 1).tolist()
-            high = torch.tensor([max(int(c), 2) for c in cards])
-            swap = torch.rand(cat.shape, generator=generator) < level
-            ids = _uniform_ids(cat.shape, 1, high, generator)  # 1.. = known levels (0 = unknown)
-            new["cat"] = torch.where(swap.to(cat.device), ids.to(cat.device, cat.dtype), cat)
-    elif kind == "text":
-        tok = tensors["tokens"]
-        vocab = int(stats.get("vocab_size") or (int(tok.max()) + 1 if tok.numel() else 2))
-        swap = torch.rand(tok.shape, generator=generator) < level
-        low, high = (2, vocab) if vocab > 2 else (1, 2)  # 0 = padding, 1 = out-of-vocabulary
-        ids = _uniform_ids(tok.shape, low, high, generator)
-        swap = swap.to(tok.device) & (tok != 0)
-        new["tokens"] = torch.where(swap, ids.to(tok.device, tok.dtype), tok)
-    elif kind == "image":
-        px = tensors["pixels"]
-        noise = torch.randn(px.shape, generator=generator).to(px.device)
-        new["pixels"] = (px.float() + (IMAGE_NOISE_SCALE * level) * noise).round().clamp(0, 255).to(px.dtype)
-    else:  # embedding
-        x = tensors["x"]
-        std = stats.get("feature_std")
-        if std is None:
-            std = x.float().std(dim=0, unbiased=False) if x.shape[0] > 1 else torch.ones(x.shape[1:])
-        noise = torch.randn(x.shape, generator=generator).to(x.device, x.dtype)
-        new["x"] = x + level * torch.as_tensor(std, device=x.device, dtype=x.dtype) * noise
-
     present = batch.get("present", {}).get(modality)
+    if level > 0:
+        if stats is None:
+            rows = torch.arange(len(next(iter(tensors.values()))))
+            if present is not None:
+                rows = rows[present.bool().cpu()]
+            stats = {k: _marginal(k, t, rows.to(t.device), {}) for k, t in tensors.items()
+                     if k in _CONTINUOUS + _DISCRETE and len(rows) and t.numel()}
+        for key, t in tensors.items():
+            st = stats.get(key)
+            if st is None or not t.numel():
+                continue
+            if key in _CONTINUOUS:
+                new[key] = _mix_continuous(t, st["mean"], st["std"], level, generator, channel=key == "pixels")
+            elif key == "cat":
+                cols = [_swap_discrete(t[:, j], _draw(p, t.shape[:1], generator), level, generator)
+                        for j, p in enumerate(st["probs"])]
+                new[key] = torch.stack(cols, 1) if cols else t
+            else:  # tokens
+                new[key] = _swap_discrete(t, _draw(st["probs"], t.shape, generator), level, generator, keep=t == 0)
     if present is not None and not bool(present.all()):
         absent = ~present.to(torch.bool)
         for k, t in new.items():
@@ -291,6 +358,7 @@ def drop_modality(trainer: Any, modality: str, mode: str = "mask", split: str = 
 
     In ``zero`` and ``mean`` every row is imputed, including rows where the modality
     was missing to begin with. A model that does not read ``modality`` is unaffected.
+    A ``"mask"`` score is only a finding when ``missing_path_trained(trainer, modality)``.
     """
     override, transform = drop_modality_hooks(trainer, modality, mode)
     return trainer.evaluate(split, present_override=override, transform=transform)
@@ -377,6 +445,7 @@ def effective_robustness(levels: Sequence[float], scores: Sequence[float], ref_s
 
 
 __all__ = [
-    "DROP_MODES", "kind_of", "imputation_values", "corruption_stats", "corrupt_batch", "drop_modality_hooks",
+    "DROP_MODES", "kind_of", "imputation_values", "missing_path_trained", "untrained_paths", "corruption_stats",
+    "corrupt_batch", "drop_modality_hooks",
     "drop_modality", "robustness_curve", "relative_robustness", "effective_robustness",
 ]

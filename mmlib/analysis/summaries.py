@@ -3,6 +3,11 @@ dominates, early / late fusion against the best single modality, over-fitting, t
 fusion variants compared, and (spacecraft) how much of each planted part every model
 recovered. Each function turns records into a ``Summary``: a table plus a sentence
 whose every number is computed from the records.
+
+A claim in a sentence ("clearly dominant", "better than early fusion") rests on a 95 %
+interval (``mmlib.analysis.verdicts.Evidence``): a paired bootstrap over the test rows
+when ``predictions`` (``run_id -> test predictions``) and ``y_test`` are given, else the
+seed spread.
 """
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from mmlib.analysis.verdicts import Evidence, fmt_delta
 from mmlib.reporting.records import fmt_mean_std, records_to_frame
 
 
@@ -41,9 +47,25 @@ def group_stats(df: pd.DataFrame, by: Sequence[str], metric: str) -> pd.DataFram
     return pd.DataFrame({"mean": g.mean(), "std": g.std(ddof=1), "n": g.count()})
 
 
+def _evidence(metric: str, predictions: Mapping[str, Any] | None, y_test: Any) -> Evidence:
+    return Evidence(metric.removeprefix("metric_").removeprefix("test_"), predictions, y_test)
+
+
+def saved_predictions(writer: Any, ds: Any) -> dict[str, Any]:
+    """``{"predictions": ..., "y_test": ...}``: the test predictions of the records ``writer``
+    has saved (``load_predictions`` of its ``out_dir``) and ``ds``'s test targets, the keyword
+    arguments that give a summary its paired-bootstrap intervals (call after ``writer.save()``)."""
+    from mmlib.reporting.records import load_predictions
+
+    return {"predictions": load_predictions(writer.out_dir, writer.dataset, writer.notebook),
+            "y_test": ds.target.detach().cpu().numpy()[np.asarray(ds.splits["test"])]}
+
+
 def dominance_summary(records, metric: str, ceilings: Mapping[str, float] | None = None,
-                      higher_is_better: bool = True) -> Summary:
-    """Rank the single-modality models; name the dominant modality and by how much it leads."""
+                      higher_is_better: bool = True, predictions: Mapping[str, Any] | None = None,
+                      y_test: Any = None) -> Summary:
+    """Rank the single-modality models; name the dominant modality and by how much it leads
+    (dominant only when the interval of its lead excludes 0)."""
     df = as_frame(records)
     stats = group_stats(df, ["modality_set"], metric).sort_values("mean", ascending=not higher_is_better)
     stats["mean ± std (n)"] = [fmt_mean_std(r["mean"], r["std"], int(r["n"])) for _, r in stats.iterrows()]
@@ -52,13 +74,15 @@ def dominance_summary(records, metric: str, ceilings: Mapping[str, float] | None
         stats["gap_to_ceiling"] = stats["ceiling"] - stats["mean"]
     best, second = stats.index[0], stats.index[1] if len(stats) > 1 else None
     lead = stats["mean"].iloc[0] - (stats["mean"].iloc[1] if second else np.nan)
-    pooled = np.sqrt(np.nanmean(stats["std"].iloc[:2] ** 2)) if second else np.nan
-    clear = bool(second) and np.isfinite(pooled) and lead > 3 * max(pooled, 1e-9)
     text = (f"The strongest single modality is **{best}** ({stats['mean ± std (n)'].iloc[0]} {metric})")
+    clear = False
     if second:
-        text += (f", ahead of **{second}** ({stats['mean ± std (n)'].iloc[1]}) by {lead:.3f}. "
-                 + ("With a lead over three times the seed spread, it is clearly dominant."
-                    if clear else "The lead is within three seed standard deviations: no clear dominance."))
+        ev = _evidence(metric, predictions, y_test)
+        d = ev.compare(df[df["modality_set"] == best], df[df["modality_set"] == second])
+        clear = d["verdict"] == "better"
+        text += (f", ahead of **{second}** ({stats['mean ± std (n)'].iloc[1]}) by {fmt_delta(d)} "
+                 f"({ev.note(d['method'])}). " + ("The interval is above 0: it is clearly dominant."
+                                                  if clear else "The lead is not separable from 0: no clear dominance."))
     if ceilings:
         text += " Gaps to the Bayes-optimal ceiling of each modality alone: " + ", ".join(
             f"{m} {r['gap_to_ceiling']:.3f}" for m, r in stats.iterrows() if np.isfinite(r.get("ceiling", np.nan))) + "."
@@ -82,9 +106,9 @@ def _by_model(df: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 
 def fusion_summary(records, metric: str, higher_is_better: bool = True,
-                   ceilings: Mapping[str, float] | None = None) -> Summary:
-    """Early / late fusion against the best single-modality model, with the gain in
-    units of the seed spread."""
+                   ceilings: Mapping[str, float] | None = None, predictions: Mapping[str, Any] | None = None,
+                   y_test: Any = None) -> Summary:
+    """Early / late fusion against the best single-modality model, with the interval of the gain."""
     df = as_frame(records)
     t = _by_model(df, metric)
     sign = 1 if higher_is_better else -1
@@ -97,15 +121,20 @@ def fusion_summary(records, metric: str, higher_is_better: bool = True,
     t["gain_vs_best_unimodal"] = t["test_mean"] - t.loc[best_uni, "test_mean"]
     if ceilings:
         t["ceiling"] = [ceilings.get(m, np.nan) for m in t["modalities"]]
+    ev = _evidence(metric, predictions, y_test)
+    pick = lambda m: df[df["model"] == m]  # noqa: E731
     fmt = lambda m: fmt_mean_std(t.loc[m, "test_mean"], t.loc[m, "test_std"], int(t.loc[m, "n_seeds"]))  # noqa: E731
+    d = ev.compare(pick(best_fused), pick(best_uni))
+    words = {"better": "better than the best single modality", "worse": "worse than the best single modality",
+             "not separable": "not separable from the best single modality"}
     text = (f"Best single modality: **{best_uni}** with test {metric} {fmt(best_uni)}. Best fusion: **{best_fused}** "
-            f"with {fmt(best_fused)}, a gain of {gain:+.3f}")
-    text += (f" ({abs(gain) / spread:.1f}× the combined seed spread)." if spread > 0 else ".")
+            f"with {fmt(best_fused)}: {fmt_delta(d)}, {words[d['verdict']]} ({ev.note(d['method'])}).")
     for f in fused.index:
         if f != best_fused:
-            text += f" {f}: {fmt(f)} ({t.loc[f, 'gain_vs_best_unimodal']:+.3f} vs the best single modality)."
+            df_ = ev.compare(pick(f), pick(best_uni))
+            text += f" {f}: {fmt(f)} ({fmt_delta(df_)} vs the best single modality, {df_['verdict']})."
     return Summary(t.round(4), text, {"best_unimodal": best_uni, "best_fused": best_fused, "gain": gain,
-                                      "spread": spread})
+                                      "spread": spread, "interval": d})
 
 
 def overfitting_table(records, metric: str) -> pd.DataFrame:
@@ -141,31 +170,36 @@ def recovery_summary(records, shares: Mapping[str, float] | None) -> Summary | N
     return Summary(table, " ".join(lines), {})
 
 
-def variants_summary(records, metric: str, higher_is_better: bool = True, reference: str = "early") -> Summary:
+def variants_summary(records, metric: str, higher_is_better: bool = True, reference: str = "early",
+                     predictions: Mapping[str, Any] | None = None, y_test: Any = None) -> Summary:
     """The fusion variants of notebook 40 ranked by test metric, with parameters, the
-    coefficient of variation over seeds and the gain over the ``reference`` fusion."""
+    coefficient of variation over seeds, the gain over the ``reference`` fusion and its
+    interval; "best" only when the top one's interval against every other excludes 0."""
     df = as_frame(records)
     t = _by_model(df, metric)
-    sign = 1 if higher_is_better else -1
     t = t.sort_values("test_mean", ascending=not higher_is_better)
+    ev = _evidence(metric, predictions, y_test)
+    _, best, tied, method = ev.rank(df, "model")
     if reference in t.index:
         t[f"gain_vs_{reference}"] = t["test_mean"] - t.loc[reference, "test_mean"]
+        d = {m: ev.compare(df[df["model"] == m], df[df["model"] == reference]) for m in t.index if m != reference}
+        t[f"vs_{reference}"] = [fmt_delta(d[m]) if m in d else "" for m in t.index]
     t["cv_over_seeds"] = t["test_std"] / t["test_mean"].abs()
-    best = (sign * t["test_mean"]).idxmax()
     small = t["n_params"].idxmin()
-    text = (f"Best: **{best}** ({fmt_mean_std(t.loc[best, 'test_mean'], t.loc[best, 'test_std'], int(t.loc[best, 'n_seeds']))}"
-            f" test {metric}, {int(t.loc[best, 'n_params']):,} parameters). "
+    top = tied[0]
+    text = ((f"Best: **{best}**" if best is not None else f"Not separable at the top: **{', '.join(tied)}**")
+            + f" ({fmt_mean_std(t.loc[top, 'test_mean'], t.loc[top, 'test_std'], int(t.loc[top, 'n_seeds']))} test "
+            f"{metric} for {top}, {int(t.loc[top, 'n_params']):,} parameters; {ev.note(method)}). "
             f"Smallest: **{small}** ({int(t.loc[small, 'n_params']):,} parameters).")
     if t["test_std"].notna().any():
         stable = t["test_std"].idxmin()
         text += f" Most stable over seeds: **{stable}** (std {t.loc[stable, 'test_std']:.4f})."
     if reference in t.index:
-        ref_std = t.loc[reference, "test_std"] if pd.notna(t.loc[reference, "test_std"]) else 0.0
-        better = t[(sign * t[f"gain_vs_{reference}"]) > t["test_std"].fillna(0) + ref_std]
-        text += (f" Fusions better than {reference} fusion by more than the seed spread: "
-                 + (", ".join(better.index) if len(better) else "none") + ".")
-    return Summary(t.round(4), text, {"best": best})
+        better = [m for m, v in d.items() if v["verdict"] == "better"]
+        text += (f" Fusions better than {reference} fusion (interval above 0): "
+                 + (", ".join(f"{m} {fmt_delta(d[m])}" for m in better) if better else "none") + ".")
+    return Summary(t.round(4), text, {"best": best, "tied": tied})
 
 
-__all__ = ["Summary", "as_frame", "group_stats", "dominance_summary", "fusion_summary", "overfitting_table",
+__all__ = ["Summary", "as_frame", "group_stats", "saved_predictions", "dominance_summary", "fusion_summary", "overfitting_table",
            "recovery_summary", "variants_summary"]

@@ -8,9 +8,16 @@ bool [b]. The output holds ``"pred"`` [b, out_dim] and, where it makes sense,
 to 1 over the present modalities) and ``"unimodal"`` {m: [b, out_dim]}.
 
 Missing modalities: a fusion never reads the features of an absent (row, modality)
-pair; it replaces them with zeros itself (``torch.where``, so even a NaN there
-cannot leak) and renormalises weights over the present modalities. A row with no
-modality present gets a finite, input-independent prediction.
+pair; it replaces them with a learned "absent" embedding of that modality
+(``Fusion.absent``, zeros at initialisation; ``torch.where``, so even a NaN there
+cannot leak), and fusions that weigh modalities renormalise the weights over the
+present ones. A row with no modality present gets a finite, input-independent
+prediction. Trained with modality dropout (``MultimodalModel``), the absent
+embeddings are what a model uses when a modality is missing at inference.
+
+``"contributions"`` {m: [b, out_dim]} (early fusion with a linear head, late fusion)
+split the prediction into per-modality terms that sum to it: what OGM-GE (Peng et
+al. 2022) scores each modality by.
 """
 from __future__ import annotations
 
@@ -47,36 +54,63 @@ class Fusion(nn.Module):
         self.dims = {m: int(d) for m, d in dims.items()}
         self.out_dim = int(out_dim)
         self.hidden = int(hidden)
+        self.absent = nn.ParameterDict({m: nn.Parameter(torch.zeros(int(d))) for m, d in dims.items()})
 
     def _inputs(self, feats: dict[str, torch.Tensor], present: dict[str, torch.Tensor]
                 ) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Features with absent rows zeroed (in ``self.names`` order) and the mask [b, M]."""
+        """Features with absent rows replaced by the learned absent embedding (in ``self.names``
+        order) and the mask [b, M]."""
         missing = [m for m in self.names if m not in feats or m not in present]
         if missing:
             raise MMLibError(f"{type(self).__name__}: no features/presence for modality {missing}; "
                              f"it was built for {self.names}.")
         mask = torch.stack([present[m].to(torch.bool) for m in self.names], dim=1)
-        xs = [torch.where(mask[:, i:i + 1], feats[m], torch.zeros_like(feats[m])) for i, m in enumerate(self.names)]
+        xs = [torch.where(mask[:, i:i + 1], feats[m], self.absent[m].to(feats[m].dtype).expand_as(feats[m]))
+              for i, m in enumerate(self.names)]
         return xs, mask
 
 
 # ------------------------------------------------------------------------ early
 class EarlyFusion(Fusion):
-    """Concatenate the features and the presence indicators → MLP head."""
+    """Concatenate the features and the presence indicators → MLP head.
 
-    def __init__(self, dims: dict[str, int], out_dim: int, hidden: int = 64, dropout: float = 0.0):
+    ``head_layers=0`` makes the head one linear layer: the concatenation fusion of
+    Peng et al. (2022), whose prediction splits into per-modality ``"contributions"``
+    (each modality's weight block times its features and presence indicator, plus an
+    equal share of the bias) that OGM-GE scores."""
+
+    def __init__(self, dims: dict[str, int], out_dim: int, hidden: int = 64, dropout: float = 0.0,
+                 head_layers: int = 2):
         super().__init__(dims, out_dim, hidden)
-        self.head = nn.Sequential(
-            nn.Linear(sum(self.dims.values()) + len(dims), hidden), nn.ReLU(), nn.Dropout(dropout),
-            nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout),
-            nn.Linear(hidden, out_dim),
-        )
+        if head_layers not in (0, 1, 2):
+            raise MMLibError(f"EarlyFusion: head_layers={head_layers}; use 0 (linear), 1 or 2 hidden layers.")
+        width = sum(self.dims.values()) + len(dims)
+        layers: list[nn.Module] = []
+        for _ in range(head_layers):
+            layers += [nn.Linear(width, hidden), nn.ReLU(), nn.Dropout(dropout)]
+            width = hidden
+        self.head = nn.Sequential(*layers, nn.Linear(width, out_dim))
+        self.head_layers = int(head_layers)
         init_weights(self)
 
     def forward(self, feats, present):
         xs, mask = self._inputs(feats, present)
         z = torch.cat(xs + [mask.to(xs[0].dtype)], dim=1)
-        return {"pred": self.head(z)}
+        out = {"pred": self.head(z)}
+        if self.head_layers == 0:
+            out["contributions"] = self._contributions(xs, mask)
+        return out
+
+    def _contributions(self, xs: list[torch.Tensor], mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        lin = self.head[-1]
+        n = len(self.names)
+        out, start = {}, 0
+        for i, (m, x) in enumerate(zip(self.names, xs)):
+            w = lin.weight[:, start:start + x.shape[1]]
+            ind = lin.weight[:, sum(self.dims.values()) + i]
+            out[m] = x @ w.T.to(x.dtype) + mask[:, i:i + 1].to(x.dtype) * ind.to(x.dtype) + lin.bias.to(x.dtype) / n
+            start += x.shape[1]
+        return out
 
 
 # ------------------------------------------------------------------------- late
@@ -96,8 +130,9 @@ class LateFusion(Fusion):
         uni = {m: self.heads[m](x) for m, x in zip(self.names, xs)}
         w = mask.float() / mask.sum(dim=1, keepdim=True).clamp(min=1)
         stacked = torch.stack([uni[m] for m in self.names], dim=1)  # [b, M, out]
-        pred = (stacked * w.unsqueeze(-1).to(stacked.dtype)).sum(dim=1)
-        return {"pred": pred, "weights": w, "unimodal": uni}
+        parts = stacked * w.unsqueeze(-1).to(stacked.dtype)
+        return {"pred": parts.sum(dim=1), "weights": w, "unimodal": uni,
+                "contributions": {m: parts[:, i] for i, m in enumerate(self.names)}}
 
 
 # ------------------------------------------------------------- learned weights

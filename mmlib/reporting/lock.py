@@ -1,21 +1,64 @@
 """The report runner's lock file: ``RunLock`` keeps two runs from writing into
-the same reports folder at once, and takes over a lock whose process is gone."""
+the same reports folder at once, and takes over a lock whose process is gone.
+Also the provenance every run and record carries: the git state (``git_state``,
+``git_commit``) and the time (``utc_now``); ``mmlib.reporting.records`` re-exports them."""
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
 import json
 import os
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from mmlib.reporting.records import utc_now
+from mmlib.config import PROJECT_ROOT
 from mmlib.utils import MMLibError
 
 LOCK_NAME = ".mmlib-run.lock"
 
+
+# --------------------------------------------------------------------------- provenance
+
+def git_state(root: str | Path = PROJECT_ROOT) -> tuple[str | None, list[str]]:
+    """(short hash of HEAD, tracked files outside ``reports/`` that differ from it);
+    (None, []) when ``root`` is not a git checkout (or git is missing). Reports are
+    left out: a run rewrites the reports it is recording, which says nothing about
+    the code. Reads only (``--no-optional-locks``: the index is not refreshed)."""
+    git = ["git", "--no-optional-locks", "-C", str(root)]
+    try:
+        head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=20)
+        if head.returncode != 0 or not head.stdout.strip():
+            return None, []
+        status = subprocess.run([*git, "status", "--porcelain", "-z", "--untracked-files=no", "--", ".",
+                                 ":(exclude)reports"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return None, []
+    changed, items = [], iter(status.stdout.split("\0") if status.returncode == 0 else [])
+    for item in items:
+        if len(item) > 3:
+            changed.append(item[3:])
+            if item[0] in "RC":  # a rename or copy is followed by its original path
+                next(items, None)
+    return head.stdout.strip(), changed
+
+
+def git_commit(root: str | Path = PROJECT_ROOT) -> str | None:
+    """Short hash of HEAD, with "+dirty" when tracked files outside ``reports/`` differ
+    from it (see ``git_state``); None when ``root`` is not a git checkout."""
+    commit, changed = git_state(root)
+    return None if commit is None else commit + ("+dirty" if changed else "")
+
+
+def utc_now() -> str:
+    """Current UTC time, ISO 8601 to the second (``2025-01-31T12:00:00Z``)."""
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+# --------------------------------------------------------------------------- lock
 
 def _warn(msg: str) -> None:
     print(f"warning: {msg}", file=sys.stderr, flush=True)

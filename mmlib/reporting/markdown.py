@@ -1,15 +1,61 @@
-"""The per-dataset experiment log (``experiments.md``), generated from the result
-records: one section per notebook, one markdown table per experiment."""
+"""Summaries of result records (``summarize``, ``fmt_mean_std``: mean ± std over
+seeds; re-exported by ``mmlib.reporting.records``) and the per-dataset experiment
+log (``experiments.md``): one section per notebook, one markdown table per experiment."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
-from mmlib.reporting.records import fmt_mean_std, metric_columns, utc_now
+from mmlib.reporting.lock import utc_now
+from mmlib.utils import MMLibError
 
 MAX_TABLE_METRICS = 6
+
+
+def metric_columns(df: pd.DataFrame) -> list[str]:
+    """The ``metric_*`` columns of a records frame."""
+    return [c for c in df.columns if c.startswith("metric_")]
+
+
+def _metric_col(df: pd.DataFrame, metric: str) -> str:
+    for col in (metric, f"metric_{metric}"):
+        if col in df.columns:
+            return col
+    names = [c[len("metric_"):] for c in metric_columns(df)]
+    raise MMLibError(f"no metric {metric!r} in these records. Available metrics: {', '.join(names) or '(none)'}.")
+
+
+def summarize(df: pd.DataFrame, by: str | Sequence[str], metric: str) -> pd.DataFrame:
+    """Mean, std (ddof=1) and n (number of non-missing values, i.e. seeds) of
+    ``metric`` (``"test_r2"`` or ``"metric_test_r2"``) per group of ``by``.
+    Groups keep their order of first appearance."""
+    by = [by] if isinstance(by, str) else list(by or [])
+    missing = [b for b in by if b not in df.columns]
+    if missing:
+        raise MMLibError(f"summarize: unknown column(s) {missing}. Columns: {', '.join(map(str, df.columns))}.")
+    col = _metric_col(df, metric)
+    if not by:
+        s = df[col]
+        return pd.DataFrame({"mean": [s.mean()], "std": [s.std()], "n": [int(s.count())]})
+    out = (df.groupby(by, dropna=False, sort=False)[col]
+             .agg(mean="mean", std="std", n="count").reset_index())
+    out["n"] = out["n"].astype(int)
+    return out
+
+
+def fmt_mean_std(mean: float, std: float | None = None, n: int | None = None, digits: int = 3) -> str:
+    """``"0.812 ± 0.004 (n=3)"``; the ± part is left out when std is undefined
+    (one seed), the ``(n=…)`` part when ``n`` is None; NaN mean → ``"n/a"``."""
+    if mean is None or not np.isfinite(mean):
+        return "n/a"
+    text = f"{mean:.{digits}f}"
+    if std is not None and np.isfinite(std) and (n is None or n > 1):
+        text += f" ± {std:.{digits}f}"
+    if n is not None:
+        text += f" (n={int(n)})"
+    return text
 
 
 def _metric_rank(name: str) -> int:
@@ -33,6 +79,17 @@ def _md_table(header: list[str], rows: list[list[Any]]) -> str:
 
 def _fmt_int(x: float) -> str:
     return "" if x is None or not np.isfinite(x) else f"{int(round(x)):,}"
+
+
+def _provenance(df: pd.DataFrame) -> str:
+    """``Profile `standard`, seed offset 0, commit `abc1234`, dataset fingerprint `…`.`` (several values listed)."""
+    parts = []
+    for col, label, code in (("profile", "profile", True), ("seed_offset", "seed offset", False),
+                             ("git_commit", "commit", True), ("dataset_fingerprint", "dataset fingerprint", True)):
+        values = [v for v in dict.fromkeys(df[col]) if v is not None and v == v] if col in df.columns else []
+        if values:
+            parts.append(f"{label} " + ", ".join(f"`{v}`" if code else str(v) for v in values))
+    return ("Recorded with " + "; ".join(parts) + ".") if parts else ""
 
 
 def experiments_markdown(df: pd.DataFrame, dataset: str, digits: int = 3) -> str:
@@ -60,6 +117,9 @@ def experiments_markdown(df: pd.DataFrame, dataset: str, digits: int = 3) -> str
     for nb in notebooks:
         nbdf = sub[sub["notebook"] == nb]
         lines += [f"## {nb}", ""]
+        prov = _provenance(nbdf)
+        if prov:
+            lines += [prov, ""]
         for exp in dict.fromkeys(nbdf["experiment"]):  # first-appearance order
             e = nbdf[nbdf["experiment"] == exp]
             mcols = [c for c in metric_columns(e) if e[c].notna().any()]
@@ -105,4 +165,4 @@ def experiments_markdown(df: pd.DataFrame, dataset: str, digits: int = 3) -> str
     return "\n".join(lines)
 
 
-__all__ = ["MAX_TABLE_METRICS", "experiments_markdown"]
+__all__ = ["MAX_TABLE_METRICS", "experiments_markdown", "fmt_mean_std", "metric_columns", "summarize"]

@@ -14,9 +14,9 @@ from mmlib.config import NOTEBOOKS_DIR
 from mmlib.utils import MMLibError
 
 # Parameters the runner passes to every notebook that declares them.
-STANDARD_PARAMS: tuple[str, ...] = ("dataset", "profile", "device", "out_dir", "records_dir")
+STANDARD_PARAMS: tuple[str, ...] = ("dataset", "profile", "device", "out_dir", "records_dir", "seed_offset")
 _STANDARD_OPTION = {"dataset": "--datasets", "profile": "--profile", "device": "--device",
-                    "out_dir": "--out-dir", "records_dir": "--out-dir"}
+                    "out_dir": "--out-dir", "records_dir": "--out-dir", "seed_offset": "--seed-offset"}
 NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"
 KERNEL_NAME = "python3"
 

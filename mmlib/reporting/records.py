@@ -4,32 +4,41 @@ notebook and read back by the postmortem, the experiment log and the index.
 A record is a flat dict (``RECORD_FIELDS``)::
 
     notebook, experiment, dataset, model, fusion, modalities, condition, seed,
-    metrics, n_params, train_time_s, epochs, device, extra
+    metrics, n_params, train_time_s, epochs, device, extra,
+    run_id, profile, seed_offset, dataset_fingerprint, git_commit
 
-Notebooks collect records with a ``RecordWriter`` and save them to
-``<out_dir>/<dataset>/<notebook>.results.json``. ``out_dir`` is always a reports
-*root* (``reports/`` by hand, a staging root under the report runner); the
-dataset sub-folder is added here, so a notebook never builds that path itself.
+The last five are provenance, filled in by the ``RecordWriter``: a ``run_id``
+unique within the file, the profile name and seed offset it ran with, a hash of
+the dataset's tensors, splits and target, and the commit (``+dirty`` when code
+differed from it). Notebooks collect records with a ``RecordWriter`` and save them to
+``<out_dir>/<dataset>/<notebook>.results.json``, and the records' test-split
+predictions (when given) to ``<notebook>.predictions.npz`` beside it (float32,
+one array per ``run_id``, plus ``__y_test__``: see ``load_predictions``).
+``out_dir`` is always a reports *root* (``reports/`` by hand, a staging root under the
+runner); the dataset sub-folder is added here, so a notebook never builds that path.
 
 ``load_records`` turns every published file into one tidy DataFrame (metrics as
-``metric_<name>`` columns); ``summarize`` / ``fmt_mean_std`` give mean ± std over
-seeds. The per-dataset experiment log is ``mmlib.reporting.markdown``.
+``metric_<name>`` columns); ``summarize`` / ``fmt_mean_std`` (from
+``mmlib.reporting.markdown``, with the per-dataset experiment log) give mean ± std over seeds.
 """
 from __future__ import annotations
 
-import datetime as _dt
+import functools
+import hashlib
+import io
 import json
 import math
 import numbers
-import subprocess
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from mmlib.config import PROJECT_ROOT, REPORTS_DIR
-from mmlib.utils import MMLibError, _json_default, atomic_write_json
+from mmlib.config import REPORTS_DIR
+from mmlib.reporting.lock import git_commit, git_state, utc_now  # noqa: F401  (re-exported: provenance)
+from mmlib.reporting.markdown import fmt_mean_std, metric_columns, summarize  # noqa: F401  (re-exported)
+from mmlib.utils import MMLibError, _json_default, atomic_write_bytes, atomic_write_json
 
 # Fields a record must carry, and the optional ones with their defaults.
 REQUIRED_FIELDS: tuple[str, ...] = ("notebook", "experiment", "dataset", "model", "modalities", "seed", "metrics")
@@ -41,15 +50,25 @@ OPTIONAL_FIELDS: dict[str, Any] = {
     "epochs": None,         # epochs actually run (after early stopping)
     "device": None,         # device the model ran on ("cpu", "cuda", ...)
     "extra": None,          # anything else, JSON-serialisable (a dict)
+    # provenance (set by RecordWriter; None / 0 in records written before they existed)
+    "run_id": None,         # unique within its results file; the key of its predictions
+    "profile": None,        # run profile name ("smoke", "standard", "full")
+    "seed_offset": 0,       # added to every seed of the profile (an independent rerun)
+    "dataset_fingerprint": None,  # hash of the dataset's tensors, splits and target
+    "git_commit": None,     # short commit, "+dirty" when tracked code outside reports/ differed
 }
+PROVENANCE_FIELDS: tuple[str, ...] = ("run_id", "profile", "seed_offset", "dataset_fingerprint", "git_commit")
 # The order fields are stored in.
 RECORD_FIELDS: tuple[str, ...] = ("notebook", "experiment", "dataset", "model", "fusion", "modalities", "condition",
-                                  "seed", "metrics", "n_params", "train_time_s", "epochs", "device", "extra")
+                                  "seed", "metrics", "n_params", "train_time_s", "epochs", "device", "extra",
+                                  *PROVENANCE_FIELDS)
 RESULTS_SUFFIX = ".results.json"
+PREDICTIONS_SUFFIX = ".predictions.npz"
+Y_TEST_KEY = "__y_test__"   # the test-split targets in a predictions file; "__y_test__.<run_id>" for a record's own
 # Columns of ``load_records`` besides the ``metric_*`` ones (also the columns of an empty frame).
 BASE_COLUMNS: tuple[str, ...] = ("notebook", "experiment", "dataset", "model", "fusion", "modalities", "modality_set",
                                  "n_modalities", "condition", "seed", "n_params", "train_time_s", "epochs", "device",
-                                 "extra", "source")
+                                 "extra", *PROVENANCE_FIELDS, "source")
 
 
 # --------------------------------------------------------------------------- records
@@ -73,10 +92,11 @@ def make_record(**fields: Any) -> dict[str, Any]:
 
     Required: ``notebook, experiment, dataset, model, modalities, seed, metrics``.
     Optional: ``fusion`` ("none"), ``condition`` (""), ``n_params``, ``train_time_s``,
-    ``epochs``, ``device`` (None), ``extra`` ({}). Unknown or missing fields raise
-    ``MMLibError`` naming them. ``modalities`` may be a list/tuple/set of names or a
-    "+"-joined string; it is stored sorted and de-duplicated. Metric values become
-    floats (None → NaN).
+    ``epochs``, ``device`` (None), ``extra`` ({}), and the provenance ``run_id``,
+    ``profile``, ``dataset_fingerprint``, ``git_commit`` (None) and ``seed_offset``
+    (0). Unknown or missing fields raise ``MMLibError`` naming them. ``modalities``
+    may be a list/tuple/set of names or a "+"-joined string; it is stored sorted and
+    de-duplicated. Metric values become floats (None → NaN).
     """
     unknown = sorted(set(fields) - set(RECORD_FIELDS))
     if unknown:
@@ -88,25 +108,21 @@ def make_record(**fields: Any) -> dict[str, Any]:
     rec: dict[str, Any] = {}
     for name in ("notebook", "experiment", "dataset", "model"):
         rec[name] = _nonempty_str(name, fields[name])
-
-    fusion = fields.get("fusion")
-    rec["fusion"] = OPTIONAL_FIELDS["fusion"] if fusion is None else _nonempty_str("fusion", fusion)
+    for name in ("fusion", "run_id", "profile", "dataset_fingerprint", "git_commit"):
+        v = fields.get(name)
+        rec[name] = OPTIONAL_FIELDS[name] if v is None else _nonempty_str(name, v)
 
     mods = fields["modalities"]
     if isinstance(mods, str):
         mods = [m for m in mods.split("+") if m]
     if not isinstance(mods, (list, tuple, set, frozenset)) or not mods:
         raise MMLibError(f"record field 'modalities' must be a non-empty list of modality names, got {fields['modalities']!r}.")
-    for m in mods:
-        _nonempty_str("modalities", m)
-    rec["modalities"] = sorted(set(mods))
+    rec["modalities"] = sorted({_nonempty_str("modalities", m) for m in mods})
 
     cond = fields.get("condition")
-    if cond is None:
-        cond = ""
-    if not isinstance(cond, str):
+    if cond is not None and not isinstance(cond, str):
         raise MMLibError(f"record field 'condition' must be a string such as 'noise=0.5' (or ''), got {cond!r}.")
-    rec["condition"] = cond
+    rec["condition"] = cond or ""
 
     seed = fields["seed"]
     if not _is_int(seed):
@@ -132,20 +148,12 @@ def make_record(**fields: Any) -> dict[str, Any]:
         clean[k] = float(v)
     rec["metrics"] = clean
 
-    n_params = fields.get("n_params")
-    if n_params is not None and (not _is_int(n_params) or n_params < 0):
-        raise MMLibError(f"record field 'n_params' must be a non-negative integer or None, got {n_params!r}.")
-    rec["n_params"] = None if n_params is None else int(n_params)
-
-    tt = fields.get("train_time_s")
-    if tt is not None and (not _is_number(tt) or tt < 0):
-        raise MMLibError(f"record field 'train_time_s' must be a non-negative number or None, got {tt!r}.")
-    rec["train_time_s"] = None if tt is None else float(tt)
-
-    ep = fields.get("epochs")
-    if ep is not None and (not _is_int(ep) or ep < 0):
-        raise MMLibError(f"record field 'epochs' must be a non-negative integer or None, got {ep!r}.")
-    rec["epochs"] = None if ep is None else int(ep)
+    for name, kind in (("n_params", int), ("train_time_s", float), ("epochs", int), ("seed_offset", int)):
+        v = fields.get(name)
+        if v is not None and (not (_is_int(v) if kind is int else _is_number(v)) or v < 0):
+            what = "a non-negative integer" if kind is int else "a non-negative number"
+            raise MMLibError(f"record field {name!r} must be {what} or None, got {v!r}.")
+        rec[name] = OPTIONAL_FIELDS[name] if v is None else kind(v)
 
     dev = fields.get("device")
     rec["device"] = None if dev is None else str(dev)  # accepts a torch.device
@@ -174,35 +182,31 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
-# --------------------------------------------------------------------------- provenance
-
-def git_commit(root: str | Path = PROJECT_ROOT) -> str | None:
-    """Short hash of HEAD, with "+dirty" when tracked files outside ``reports/`` differ
-    from it (a run rewrites the reports it is recording, which says nothing about the
-    code); None when ``root`` is not a git checkout (or git is missing)."""
-    try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, timeout=20)
-        if head.returncode != 0:
-            return None
-        status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no", "--",
-                                 ".", ":(exclude)reports"], capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    commit = head.stdout.strip()
-    if status.returncode == 0 and status.stdout.strip():
-        commit += "+dirty"
-    return commit or None
-
-
-def utc_now() -> str:
-    """Current UTC time, ISO 8601 to the second (``2025-01-31T12:00:00Z``)."""
-    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-
-
 def results_path(out_dir: str | Path, dataset: str, notebook: str) -> Path:
     """``<out_dir>/<dataset>/<notebook>.results.json``."""
     return Path(out_dir) / dataset / f"{notebook}{RESULTS_SUFFIX}"
+
+
+def run_id_of(rec: Mapping[str, Any]) -> str:
+    """A stable 12-hex id of a record's configuration (notebook, experiment, model,
+    fusion, modalities, condition, seed); ``RecordWriter`` appends ``-2``, ``-3``, …
+    to repeats within a file."""
+    key = [rec["notebook"], rec["experiment"], rec["model"], rec.get("fusion"), sorted(rec["modalities"]),
+           rec.get("condition") or "", int(rec["seed"])]
+    return hashlib.sha1(json.dumps(key).encode()).hexdigest()[:12]
+
+
+def _numpy(x: Any) -> np.ndarray:
+    if hasattr(x, "detach"):  # a torch tensor
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _targets(y: Any) -> np.ndarray:
+    a = _numpy(y)
+    if a.ndim != 1 or not len(a) or a.dtype.kind not in "biuf":
+        raise MMLibError(f"test targets must be a non-empty 1-d numeric array, got shape {a.shape} {a.dtype}.")
+    return a.astype(np.float32) if a.dtype.kind == "f" else a.astype(np.int64)
 
 
 # --------------------------------------------------------------------------- writer
@@ -210,46 +214,113 @@ def results_path(out_dir: str | Path, dataset: str, notebook: str) -> Path:
 class RecordWriter:
     """Collects a notebook's records and saves them atomically.
 
-    >>> writer = RecordWriter("10_unimodal_baselines", dataset, out_dir)
-    >>> writer.add(experiment="unimodal", model="mlp", modalities=["tabular"], seed=0, metrics={"test_r2": 0.8})
-    >>> writer.save()   # reports/<dataset>/10_unimodal_baselines.results.json
+    >>> writer = RecordWriter("10_unimodal_baselines", dataset, out_dir, profile=P, data=ds)
+    >>> writer.add(experiment="unimodal", model="mlp", modalities=["tabular"], seed=0, metrics={"test_r2": 0.8},
+    ...            predictions=trainer.predict("test"))
+    >>> writer.save()   # reports/<dataset>/10_unimodal_baselines.results.json (+ .predictions.npz)
 
     ``notebook`` and ``dataset`` are filled in for every record (a record that
-    names another one is an error). ``save`` may be called after every
-    experiment: it rewrites the whole file, so a crash keeps what was saved.
+    names another one is an error), and so is the provenance: ``profile`` (a
+    name, or a ``get_profile`` dict, which also gives ``seed_offset``), the
+    ``dataset_fingerprint`` and test targets of ``data`` (a ``MultimodalDataset``;
+    or ``fingerprint=`` / ``set_targets``), the git commit, and a ``run_id``.
+    ``save`` may be called after every experiment: it rewrites the whole file,
+    so a crash keeps what was saved.
     """
 
-    def __init__(self, notebook: str, dataset: str, out_dir: str | Path = REPORTS_DIR):
+    def __init__(self, notebook: str, dataset: str, out_dir: str | Path = REPORTS_DIR,
+                 profile: str | Mapping[str, Any] | None = None, *, seed_offset: int | None = None,
+                 data: Any = None, fingerprint: str | None = None):
         self.notebook = _nonempty_str("notebook", notebook)
         self.dataset = _nonempty_str("dataset", dataset)
         self.out_dir = Path(out_dir)
+        if isinstance(profile, Mapping):
+            seed_offset = profile.get("seed_offset", 0) if seed_offset is None else seed_offset
+            profile = profile.get("name")
+        self.profile = None if profile is None else _nonempty_str("profile", profile)
+        self.seed_offset = seed_offset  # validated with every record
+        self.fingerprint = None if fingerprint is None else _nonempty_str("fingerprint", fingerprint)
         self._records: list[dict[str, Any]] = []
+        self._ids: dict[str, int] = {}
+        self._predictions: dict[str, np.ndarray] = {}
+        self._own_targets: dict[str, np.ndarray] = {}
+        self._y_test: np.ndarray | None = None
+        if data is not None:
+            self.set_dataset(data)
 
     @property
     def path(self) -> Path:
         return results_path(self.out_dir, self.dataset, self.notebook)
 
     @property
+    def predictions_path(self) -> Path:
+        return self.path.with_name(f"{self.notebook}{PREDICTIONS_SUFFIX}")
+
+    @property
     def records(self) -> list[dict[str, Any]]:
         return [dict(r) for r in self._records]
+
+    @functools.cached_property
+    def git_commit(self) -> str | None:
+        """The commit recorded with every record (looked up once per writer)."""
+        return git_commit()
 
     def __len__(self) -> int:
         return len(self._records)
 
-    def add(self, record: Mapping[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
+    def set_dataset(self, ds: Any) -> "RecordWriter":
+        """Record ``ds``'s fingerprint and keep its test-split targets (see ``set_targets``)."""
+        from mmlib.training.runcache import dataset_fingerprint  # torch: imported only when used
+        self.fingerprint = dataset_fingerprint(ds)
+        self.set_targets(_numpy(ds.target)[np.asarray(ds.splits["test"])])
+        return self
+
+    def set_targets(self, y_test: Any) -> "RecordWriter":
+        """The test-split targets (in the order of the predictions), saved as ``__y_test__``."""
+        y = _targets(y_test)
+        bad = [k for k, p in self._predictions.items() if k not in self._own_targets and len(p) != len(y)]
+        if bad:
+            raise MMLibError(f"set_targets: {len(y)} test targets, but record(s) {bad[:3]} have predictions "
+                             f"of another length.")
+        self._y_test = y
+        return self
+
+    def add(self, record: Mapping[str, Any] | None = None, *, predictions: Any = None, y_test: Any = None,
+            **fields: Any) -> dict[str, Any]:
         """Add one record, given as a dict, as keyword fields, or both (keywords win).
+        ``predictions``: the model's test-split predictions, in the order of the test
+        rows: [n] (regression values, binary P(1)) or [n, C] (class probabilities);
+        ``y_test``: their targets (stored for this record only if they are not the writer's).
         Returns the validated record."""
         merged = dict(record or {})
         merged.update(fields)
+        predictions = merged.pop("predictions", None) if predictions is None else predictions
+        y_test = merged.pop("y_test", None) if y_test is None else y_test
         for key in ("notebook", "dataset"):
             mine = getattr(self, key)
             if merged.get(key) is None:
                 merged[key] = mine
             elif merged[key] != mine:
                 raise MMLibError(f"record has {key}={merged[key]!r} but this RecordWriter is for {key}={mine!r}.")
+        for key, mine in (("profile", self.profile), ("seed_offset", self.seed_offset),
+                          ("dataset_fingerprint", self.fingerprint), ("git_commit", self.git_commit)):
+            if mine is not None:
+                merged[key] = mine
+        merged["run_id"] = None
         rec = make_record(**merged)
+        own = None if y_test is None else _targets(y_test)
+        if own is not None and self._y_test is not None and np.array_equal(own, self._y_test):
+            own = None  # the writer's own targets, stored once
+        pred = None if predictions is None else _predictions(predictions, own if own is not None else self._y_test)
+        base = run_id_of(rec)
+        n = self._ids[base] = self._ids.get(base, 0) + 1
+        rec["run_id"] = base if n == 1 else f"{base}-{n}"
+        if pred is not None:
+            self._predictions[rec["run_id"]] = pred
+            if own is not None:
+                self._own_targets[rec["run_id"]] = own
         self._records.append(rec)
-        return rec
+        return dict(rec)
 
     def extend(self, records: Iterable[Mapping[str, Any]]) -> None:
         """Add several records (e.g. the list an experiment helper returns)."""
@@ -257,17 +328,43 @@ class RecordWriter:
             self.add(r)
 
     def save(self) -> Path:
+        """Write the records; then, when a record has predictions, ``<notebook>.predictions.npz``
+        (written first, both atomically; a stale one from an earlier save is removed)."""
+        if self._predictions:
+            arrays = dict(self._predictions)
+            arrays.update({f"{Y_TEST_KEY}.{k}": y for k, y in self._own_targets.items()})
+            if self._y_test is not None:
+                arrays[Y_TEST_KEY] = self._y_test
+            buf = io.BytesIO()
+            np.savez_compressed(buf, **arrays)
+            atomic_write_bytes(self.predictions_path, buf.getvalue())
+        elif self.predictions_path.exists():
+            self.predictions_path.unlink()
         payload = {
             "notebook": self.notebook,
             "dataset": self.dataset,
             "created": utc_now(),
             "mmlib_version": _mmlib_version(),
-            "git_commit": git_commit(),
+            "git_commit": self.git_commit,
+            "profile": self.profile,
+            "seed_offset": self.seed_offset or 0,
+            "dataset_fingerprint": self.fingerprint,
             "n_records": len(self._records),
+            "n_predictions": len(self._predictions),
             "records": _finite(self._records),
         }
         atomic_write_json(self.path, payload)
         return self.path
+
+
+def _predictions(p: Any, y: np.ndarray | None) -> np.ndarray:
+    a = _numpy(p)
+    if a.ndim not in (1, 2) or not len(a) or a.dtype.kind not in "biuf":
+        raise MMLibError(f"predictions must be a non-empty numeric array [n] or [n, classes], "
+                         f"got shape {a.shape} {a.dtype}.")
+    if y is not None and len(a) != len(y):
+        raise MMLibError(f"predictions have {len(a)} rows but the test split has {len(y)} targets.")
+    return a.astype(np.float32)
 
 
 def _mmlib_version() -> str:
@@ -292,11 +389,12 @@ def read_records_file(path: str | Path) -> list[dict[str, Any]]:
     if not isinstance(rows, list):
         raise MMLibError(f"results file {path} has no 'records' list.")
     out = []
+    commit = data.get("git_commit") if isinstance(data, dict) else None  # records older than per-record provenance
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
             raise MMLibError(f"results file {path}: record {i} is not an object.")
         try:
-            out.append(make_record(**row))
+            out.append(make_record(**{"git_commit": commit, **row}))
         except MMLibError as exc:
             raise MMLibError(f"results file {path}: record {i}: {exc}") from None
     return out
@@ -335,13 +433,49 @@ def load_records(reports_dir: str | Path = REPORTS_DIR, dataset: str | Sequence[
     return records_to_frame(recs)
 
 
+def _prediction_files(reports_dir: str | Path, dataset: str, notebooks: str | Sequence[str] | None) -> list[Path]:
+    names = _as_list(notebooks)
+    found = (Path(reports_dir) / dataset).glob(f"*{PREDICTIONS_SUFFIX}")
+    files = sorted(p for p in found if not p.name.startswith("."))
+    stem = lambda p: p.name[: -len(PREDICTIONS_SUFFIX)]  # noqa: E731
+    return [p for p in files if names is None or any(stem(p) == n or stem(p).startswith(f"{n}_") for n in names)]
+
+
+def load_predictions(reports_dir: str | Path, dataset: str,
+                     notebooks: str | Sequence[str] | None = None) -> dict[str, np.ndarray]:
+    """run_id → the record's test-split predictions (float32, [n] or [n, classes], in the
+    dataset's test-row order), from ``<reports_dir>/<dataset>/*.predictions.npz``
+    (``notebooks``: names or ``NN`` prefixes; None = all). Only run_ids of the records
+    published beside each file are returned (a leftover file is never mixed in)."""
+    out: dict[str, np.ndarray] = {}
+    for f in _prediction_files(reports_dir, dataset, notebooks):
+        results = f.with_name(f.name[: -len(PREDICTIONS_SUFFIX)] + RESULTS_SUFFIX)
+        ids = {r["run_id"] for r in read_records_file(results)} if results.is_file() else set()
+        with np.load(f) as z:
+            out.update({k: z[k] for k in z.files if k in ids})
+    return out
+
+
+def load_test_targets(reports_dir: str | Path, dataset: str, run_id: str | None = None) -> np.ndarray | None:
+    """The test-split targets saved with the predictions (``__y_test__`` of the first file
+    that has it); with ``run_id``, those of that record (its own when it was given other
+    targets). None when no file has them."""
+    for f in _prediction_files(reports_dir, dataset, None):
+        with np.load(f) as z:
+            own = f"{Y_TEST_KEY}.{run_id}"
+            if run_id is not None and own in z.files:
+                return z[own]
+            if Y_TEST_KEY in z.files and (run_id is None or run_id in z.files):
+                return z[Y_TEST_KEY]
+    return None
+
+
 def records_to_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """Records (dicts, e.g. ``RecordWriter.records``) as a DataFrame with ``metric_<name>``
     columns, ``modality_set`` ("+"-joined) and ``n_modalities``."""
     rows: list[dict[str, Any]] = []
     for rec in records:
-        row = {k: v for k, v in rec.items() if k != "metrics"}
-        row.setdefault("source", "")
+        row = {**OPTIONAL_FIELDS, "source": "", **{k: v for k, v in rec.items() if k != "metrics"}}
         row["modality_set"] = "+".join(rec["modalities"])
         row["n_modalities"] = len(rec["modalities"])
         for m, v in rec["metrics"].items():
@@ -355,57 +489,12 @@ def records_to_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     for c in ("n_params", "train_time_s", "epochs", *metric_cols):
         df[c] = pd.to_numeric(df[c], errors="coerce").astype(float)
     df["seed"] = df["seed"].astype(int)
+    df["seed_offset"] = df["seed_offset"].fillna(0).astype(int)
     return df.reset_index(drop=True)
 
 
-def metric_columns(df: pd.DataFrame) -> list[str]:
-    """The ``metric_*`` columns of a records frame."""
-    return [c for c in df.columns if c.startswith("metric_")]
-
-
-def _metric_col(df: pd.DataFrame, metric: str) -> str:
-    for col in (metric, f"metric_{metric}"):
-        if col in df.columns:
-            return col
-    names = [c[len("metric_"):] for c in metric_columns(df)]
-    raise MMLibError(f"no metric {metric!r} in these records. Available metrics: {', '.join(names) or '(none)'}.")
-
-
-# --------------------------------------------------------------------------- summaries
-
-def summarize(df: pd.DataFrame, by: str | Sequence[str], metric: str) -> pd.DataFrame:
-    """Mean, std (ddof=1) and n (number of non-missing values, i.e. seeds) of
-    ``metric`` (``"test_r2"`` or ``"metric_test_r2"``) per group of ``by``.
-    Groups keep their order of first appearance."""
-    by = _as_list(by) or []
-    missing = [b for b in by if b not in df.columns]
-    if missing:
-        raise MMLibError(f"summarize: unknown column(s) {missing}. Columns: {', '.join(map(str, df.columns))}.")
-    col = _metric_col(df, metric)
-    if not by:
-        s = df[col]
-        return pd.DataFrame({"mean": [s.mean()], "std": [s.std()], "n": [int(s.count())]})
-    out = (df.groupby(by, dropna=False, sort=False)[col]
-             .agg(mean="mean", std="std", n="count").reset_index())
-    out["n"] = out["n"].astype(int)
-    return out
-
-
-def fmt_mean_std(mean: float, std: float | None = None, n: int | None = None, digits: int = 3) -> str:
-    """``"0.812 ± 0.004 (n=3)"``; the ± part is left out when std is undefined
-    (one seed), the ``(n=…)`` part when ``n`` is None; NaN mean → ``"n/a"``."""
-    if mean is None or not np.isfinite(mean):
-        return "n/a"
-    text = f"{mean:.{digits}f}"
-    if std is not None and np.isfinite(std) and (n is None or n > 1):
-        text += f" ± {std:.{digits}f}"
-    if n is not None:
-        text += f" (n={int(n)})"
-    return text
-
-
 __all__ = [
-    "REQUIRED_FIELDS", "OPTIONAL_FIELDS", "RECORD_FIELDS", "make_record", "RecordWriter", "read_records_file",
-    "load_records", "metric_columns", "summarize", "fmt_mean_std", "git_commit",
-    "results_path", "utc_now",
+    "REQUIRED_FIELDS", "OPTIONAL_FIELDS", "RECORD_FIELDS", "PROVENANCE_FIELDS", "make_record", "RecordWriter",
+    "read_records_file", "load_records", "load_predictions", "load_test_targets", "metric_columns", "summarize",
+    "fmt_mean_std", "git_commit", "git_state", "results_path", "run_id_of", "utc_now",
 ]

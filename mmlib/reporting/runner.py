@@ -4,7 +4,12 @@
     python -m mmlib.reports --profile smoke --notebooks 10 20 -p epochs=3
     python -m mmlib.reports --list
 
-For each dataset and notebook (``notebooks/NN_*.ipynb``, in order) it
+It refuses to run when tracked files outside ``reports/`` differ from the
+commit (the reports would match no commit): commit first, or pass
+``--allow-dirty``, which runs anyway and marks those runs dirty in the index.
+``--seed-offset K`` passes ``seed_offset=K`` to the notebooks (they add K to
+every training seed: an independent rerun on the same data). For each dataset
+and notebook (``notebooks/NN_*.ipynb``, in order) it
 
 1. reads the notebook's ``parameters`` cell and refuses parameters it does not
    declare (papermill would only warn and run with the defaults);
@@ -15,7 +20,9 @@ For each dataset and notebook (``notebooks/NN_*.ipynb``, in order) it
    reports folder, for notebooks that read what earlier notebooks published;
 3. on success renders the executed notebook to ``<out_dir>/<dataset>/<notebook>.html``
    and moves everything the notebook wrote into ``<out_dir>/<dataset>/`` (each
-   file by an atomic rename), then rewrites ``experiments.md`` from the records;
+   file by an atomic rename; the records' ``.predictions.npz`` with them, and a
+   published one the new records no longer have is removed), then rewrites
+   ``experiments.md`` from the records;
 4. on failure leaves the published files as they were, names the notebook, the
    cell and the exception, and stops (exit code 1);
 5. after every notebook updates ``<out_dir>/runs.json`` (status, runtime,
@@ -41,6 +48,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import nbformat
+import numpy as np
 import papermill
 from papermill.exceptions import PapermillExecutionError
 
@@ -51,7 +59,7 @@ from mmlib.reporting.index import (EXPERIMENTS_NAME, INDEX_NAME, fmt_duration, l
 from mmlib.reporting.lock import RunLock, _warn
 from mmlib.reporting.notebooks import (KERNEL_NAME, check_extras, discover_notebooks, find_first_tagged_cell_index,
                                        notebook_inputs, notebook_parameters, parse_params, select_notebooks)
-from mmlib.reporting.records import RESULTS_SUFFIX, git_commit, read_records_file, utc_now
+from mmlib.reporting.records import PREDICTIONS_SUFFIX, RESULTS_SUFFIX, git_state, read_records_file, utc_now
 from mmlib.utils import MMLibError, atomic_write_text
 
 DEFAULT_DATASETS: tuple[str, ...] = ("spacecraft", "clothing")
@@ -199,7 +207,7 @@ def _render_html(nb: nbformat.NotebookNode, title: str, provenance: str) -> str:
 
 def run_notebook(nb_path: Path, dataset: str, declared: dict[str, Any], extras: dict[str, Any], *,
                  profile: str, device: str, out_dir: Path, notebooks_dir: Path, commit: str | None,
-                 html_output: bool = True, default_device: str | None = None) -> NotebookResult:
+                 html_output: bool = True, default_device: str | None = None, seed_offset: int = 0) -> NotebookResult:
     """Execute one notebook for one dataset and publish its outputs (see the module doc)."""
     name = nb_path.stem
     ds_dir = out_dir / dataset
@@ -210,7 +218,7 @@ def run_notebook(nb_path: Path, dataset: str, declared: dict[str, Any], extras: 
         shutil.rmtree(staging)  # leftover of an earlier failed run
     staging.mkdir(parents=True)
     standard = {"dataset": dataset, "profile": profile, "device": device,
-                "out_dir": str(staging), "records_dir": str(out_dir)}
+                "out_dir": str(staging), "records_dir": str(out_dir), "seed_offset": seed_offset}
     params = notebook_inputs(declared, standard, extras)
     t0 = time.perf_counter()
     try:
@@ -226,17 +234,27 @@ def run_notebook(nb_path: Path, dataset: str, declared: dict[str, Any], extras: 
             if dst == ds_dir / f"{name}{RESULTS_SUFFIX}":
                 devices = Counter(r["device"] for r in read_records_file(src) if r["device"])
                 run_device = devices.most_common(1)[0][0] if devices else None
+            elif dst.name.endswith(PREDICTIONS_SUFFIX):
+                with np.load(src) as z:  # a broken file fails the run here, before anything is published
+                    [z[k] for k in z.files]
+        # records published without predictions: a predictions file left from an earlier run is stale
+        stale = [ds_dir / f"{name}{PREDICTIONS_SUFFIX}"] if (
+            any(dst.name == f"{name}{RESULTS_SUFFIX}" for _, dst in moves)
+            and not any(dst.name == f"{name}{PREDICTIONS_SUFFIX}" for _, dst in moves)) else []
         run_device = run_device or default_device or device
         if html_output:
+            offset = f" (seed offset {seed_offset})" if seed_offset else ""
             prov = (f"*Rendered by `python -m mmlib.reports` on {utc_now()}: dataset **{dataset}**, "
-                    f"profile **{profile}**, device `{run_device}`, commit `{commit or 'unknown'}`, "
+                    f"profile **{profile}**{offset}, device `{run_device}`, commit `{commit or 'unknown'}`, "
                     f"runtime {fmt_duration(runtime)}.*")
             html_tmp = staging / f".{name}.html"
             atomic_write_text(html_tmp, _render_html(nb, f"{dataset} · {name}", prov))
             moves.append((html_tmp, ds_dir / f"{name}.html"))  # last: its presence means the rest is in place
-        for src, dst in moves:
+        for src, dst in moves:  # sorted: <name>.predictions.npz lands before <name>.results.json
             dst.parent.mkdir(parents=True, exist_ok=True)
             os.replace(src, dst)
+        for path in stale:
+            path.unlink(missing_ok=True)
         shutil.rmtree(staging, ignore_errors=True)
         return NotebookResult(dataset, name, "ok", runtime, run_device)
     except (Exception, KeyboardInterrupt) as exc:
@@ -272,6 +290,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
                     help="extra notebook parameter (repeatable); VALUE is a Python literal or a string; "
                          "every selected notebook must declare KEY")
+    ap.add_argument("--seed-offset", type=int, default=0, metavar="K",
+                    help="add K to every seed the notebooks use: an independent rerun on the same data and splits "
+                         "(default: %(default)s)")
+    ap.add_argument("--allow-dirty", action="store_true",
+                    help="run even though tracked files outside reports/ differ from the commit; "
+                         "the runs are marked dirty in the index")
     ap.add_argument("--no-html", action="store_true", help="skip the nbconvert HTML rendering")
     ap.add_argument("--list", action="store_true", help="list the notebooks and their parameters, run nothing")
     return ap
@@ -324,7 +348,9 @@ def run(args: argparse.Namespace) -> int:
     if args.list:
         _list(notebooks)
         return 0
-    get_profile(args.profile)
+    if args.seed_offset < 0:
+        raise MMLibError(f"--seed-offset must be a non-negative integer, got {args.seed_offset}.")
+    get_profile(args.profile, seed_offset=args.seed_offset)
     datasets = list(dict.fromkeys(args.datasets))
     _check_datasets(datasets)
     extras = parse_params(args.param)
@@ -338,14 +364,28 @@ def run(args: argparse.Namespace) -> int:
             problems.append(str(exc))
     if problems:
         raise MMLibError(" ".join(problems) + " (papermill would only warn and run with the defaults.)")
+    head, changed = git_state()
+    if changed and not args.allow_dirty:
+        shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+        raise MMLibError(f"the git tree has uncommitted changes outside reports/ ({len(changed)} file(s): {shown}), "
+                         f"so the reports would match no commit: commit first, or pass --allow-dirty "
+                         f"(the runs are then marked dirty in the index).")
+    if changed:
+        _warn(f"--allow-dirty: running on uncommitted changes to {len(changed)} file(s); the runs are marked dirty.")
+    if args.seed_offset:
+        missing = [nb.stem for nb in notebooks if "seed_offset" not in declared[nb]]
+        if missing:
+            _warn(f"--seed-offset {args.seed_offset}: {', '.join(missing)} declare(s) no seed_offset parameter "
+                  f"and run(s) with the profile's own seeds.")
+    commit = None if head is None else head + ("+dirty" if changed else "")
 
     with RunLock(out_dir):
-        commit = git_commit()
         default_device = _resolved_device(args.device)
         runs = load_runs(out_dir)
         total = len(datasets) * len(notebooks)
-        _say(f"mmlib reports: {len(notebooks)} notebook(s) x {len(datasets)} dataset(s), profile {args.profile}, "
-             f"device {args.device}, commit {commit or 'unknown'} -> {out_dir}")
+        offset = f" (seed offset {args.seed_offset})" if args.seed_offset else ""
+        _say(f"mmlib reports: {len(notebooks)} notebook(s) x {len(datasets)} dataset(s), profile {args.profile}"
+             f"{offset}, device {args.device}, commit {commit or 'unknown'} -> {out_dir}")
         t_all = time.perf_counter()
         i = 0
         for dataset in datasets:
@@ -355,10 +395,12 @@ def run(args: argparse.Namespace) -> int:
                 _say(f"{tag} …")
                 res = run_notebook(nb, dataset, declared[nb], extras, profile=args.profile, device=args.device,
                                    out_dir=out_dir, notebooks_dir=notebooks_dir, commit=commit,
-                                   html_output=not args.no_html, default_device=default_device)
+                                   html_output=not args.no_html, default_device=default_device,
+                                   seed_offset=args.seed_offset)
                 runs["runs"].setdefault(dataset, {})[nb.stem] = {
                     "status": res.status, "runtime_s": round(res.runtime_s, 2), "device": res.device,
-                    "commit": commit, "profile": args.profile, "date": utc_now(), "error": res.error}
+                    "commit": commit, "dirty": bool(changed), "profile": args.profile,
+                    "seed_offset": args.seed_offset, "date": utc_now(), "error": res.error}
                 save_runs(out_dir, runs)
                 write_index(out_dir, runs)
                 if res.status != "ok":

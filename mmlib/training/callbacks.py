@@ -136,20 +136,74 @@ def _presence_used(out: dict[str, Any], batch: dict[str, Any]) -> dict[str, torc
     return out.get("present") or batch["present"]
 
 
+def ogm_coefficients(scores: dict[str, torch.Tensor], alpha: float, variant: str = "published"
+                     ) -> dict[str, torch.Tensor]:
+    """OGM's per-modality gradient coefficients from per-modality scores.
+
+    ρ_m = score_m / mean of the other modalities' scores (with two modalities, the paper's
+    ratio). ``published`` (Peng et al. 2022, Eq. 10 and the official code): k_m = 1 − tanh(α·ρ_m)
+    when ρ_m > 1, else 1. ``smooth`` (ours): k_m = 1 − tanh(α·relu(ρ_m − 1)), which is 1 at
+    ρ = 1 and damps far less (at ρ = 1.2, α = 0.5: 0.90 against the published 0.46)."""
+    names = list(scores)
+    if len(names) < 2:
+        return {m: torch.ones_like(scores[m]) for m in names}
+    s = torch.stack([scores[m] for m in names])
+    out = {}
+    for i, m in enumerate(names):
+        others = torch.cat([s[:i], s[i + 1:]])
+        ratio = s[i] / others.mean().clamp(min=1e-12)
+        if variant == "published":
+            coef = torch.where(ratio > 1, 1 - torch.tanh(alpha * ratio), torch.ones_like(ratio))
+        else:
+            coef = 1 - torch.tanh(alpha * torch.relu(ratio - 1))
+        out[m] = coef
+    return out
+
+
+def modality_scores(task: str, outputs: dict[str, torch.Tensor], present: dict[str, torch.Tensor],
+                    y: torch.Tensor, scale: float = 1.0) -> dict[str, torch.Tensor]:
+    """How well each modality's output alone fits the batch, over the rows where it is present:
+    classification, the mean probability of the true class (the paper's score); regression
+    (not in the paper), 1 / (1 + MSE) of ``scale`` × the output against the target."""
+    scores = {}
+    for m, u in outputs.items():
+        if m not in present or not bool(present[m].any()):
+            continue
+        mask = present[m].float()
+        u = u.float()
+        if task == "regression":
+            mse = (((scale * u.squeeze(-1) - y.float()) ** 2) * mask).sum() / mask.sum()
+            scores[m] = 1.0 / (1.0 + mse)
+            continue
+        if task == "binary":
+            p = torch.sigmoid(u.squeeze(-1))
+            per_row = torch.where(y == 1, p, 1 - p)
+        else:
+            per_row = torch.softmax(u, dim=-1).gather(1, y.long().unsqueeze(1)).squeeze(1)
+        scores[m] = (per_row * mask).sum() / mask.sum()
+    return scores
+
+
 class ModalityBalancing(Callback):
     """Remedies for a fused model that leans on one modality (supervised objective only):
 
     * ``aux_weight`` > 0: add the mean over modalities of each unimodal head's loss on the
-      rows where that modality is present;
-    * ``ogm_alpha``: OGM-GE gradient modulation. score_m: mean P(true class)
-      (classification) or 1 / (1 + MSE) (regression) of the modality's unimodal output
-      over the rows where it is present; ratio_m = score_m / mean(score of the others);
-      coefficient = 1 − tanh(alpha · relu(ratio_m − 1)) multiplies the branch's
-      gradients, and Gaussian noise with the gradient's std is added to the modulated
-      branches when ``ogm_noise``. The epoch's mean coefficient goes to ``ogm_coef_<m>``."""
+      rows where that modality is present (needs ``aux_heads=True``);
+    * ``ogm_alpha``: OGM-GE gradient modulation. ``variant="published"`` follows Peng et
+      al. (2022): each modality is scored by the fused model's own per-modality
+      contribution (``out["contributions"]``: early fusion with ``head_layers=0``, the
+      paper's concatenation fusion, or late fusion), the dominant modality's encoder
+      gradients are scaled by 1 − tanh(α·ρ), and the GE step adds Gaussian noise with each
+      gradient tensor's own std to every modality branch (as the official code does; it
+      touches only 4-d conv weights of its ResNets, we touch every encoder tensor).
+      ``variant="smooth"`` is our earlier variant: scores from auxiliary heads, coefficient
+      1 − tanh(α·relu(ρ − 1)), noise only on the modulated branches. The epoch's mean
+      coefficient goes to ``ogm_coef_<m>``."""
 
-    def __init__(self, aux_weight: float = 0.0, ogm_alpha: float | None = None, ogm_noise: bool = True):
+    def __init__(self, aux_weight: float = 0.0, ogm_alpha: float | None = None, ogm_noise: bool = True,
+                 variant: str = "published"):
         self.aux_weight, self.ogm_alpha, self.ogm_noise = float(aux_weight), ogm_alpha, bool(ogm_noise)
+        self.variant = variant
         self.coef_sum: dict[str, torch.Tensor] = {}
         self.steps = 0
 
@@ -163,7 +217,8 @@ class ModalityBalancing(Callback):
         uni = _unimodal(out, "aux_weight > 0")
         present = _presence_used(out, batch)
         loss_fn = trainer.objective.loss_fn
-        aux = torch.stack([loss_fn(u, batch["y"], weight=present[m].float()) for m, u in uni.items()]).mean()
+        y = trainer.objective.target(batch["y"])
+        aux = torch.stack([loss_fn(u, y, weight=present[m].float()) for m, u in uni.items()]).mean()
         return loss + self.aux_weight * aux
 
     def on_after_backward(self, trainer: Any, out: Any, batch: Any) -> None:
@@ -178,52 +233,34 @@ class ModalityBalancing(Callback):
             row[f"ogm_coef_{m}"] = float(s) / max(self.steps, 1)
         self.coef_sum, self.steps = {}, 0
 
-    def scores(self, task: str, uni: dict[str, torch.Tensor], present: dict[str, torch.Tensor], y: torch.Tensor
-               ) -> tuple[list[str], torch.Tensor, torch.Tensor]:
-        names = [m for m in uni if m in present]
-        scores, valid = [], []
-        for m in names:
-            mask = present[m].float()
-            u = uni[m].float()
-            if task == "regression":
-                mse = (((u.squeeze(-1) - y.float()) ** 2) * mask).sum() / mask.sum().clamp(min=1)
-                score = 1.0 / (1.0 + mse)
-            else:
-                if task == "binary":
-                    p = torch.sigmoid(u.squeeze(-1))
-                    per_row = torch.where(y == 1, p, 1 - p)
-                else:
-                    per_row = torch.softmax(u, dim=-1).gather(1, y.long().unsqueeze(1)).squeeze(1)
-                score = (per_row * mask).sum() / mask.sum().clamp(min=1)
-            scores.append(score)
-            valid.append(mask.sum() > 0)
-        return names, torch.stack(scores) if scores else torch.zeros(0), torch.stack(valid) if valid else torch.zeros(0)
+    def _outputs(self, out: dict[str, Any]) -> tuple[dict[str, torch.Tensor], float]:
+        if self.variant == "smooth":
+            return _unimodal(out, "ogm_alpha (variant 'smooth')"), 1.0
+        contrib = out.get("contributions")
+        if not contrib:
+            raise MMLibError("OGM-GE as published scores each modality by the fused model's own contribution "
+                             "(out['contributions']); build the model with fusion='early', head_layers=0 (the "
+                             "paper's concatenation fusion) or fusion='late', or use ogm_variant='smooth'.")
+        return contrib, float(len(contrib))  # regression: a contribution times M is on the prediction's scale
 
     def modulate(self, trainer: Any, out: Any, batch: Any) -> dict[str, torch.Tensor]:
-        """Damp the gradients of the modalities that currently dominate; returns the coefficients."""
-        uni = _unimodal(out, "ogm_alpha")
+        """Scale the branches' gradients by their coefficients (and add GE noise); return the coefficients."""
+        outputs, scale = self._outputs(out)
+        obj = trainer.objective
         with torch.no_grad():
-            names, s, v = self.scores(trainer.objective.task.name, uni, _presence_used(out, batch), batch["y"])
-            if len(names) < 2:
-                return {m: torch.ones((), device=trainer.device) for m in names}
-            coefs: dict[str, torch.Tensor] = {}
-            eye = torch.eye(len(names), dtype=torch.bool, device=s.device)
-            for i, m in enumerate(names):
-                others = v & ~eye[i]
-                mean_others = (s * others).sum() / others.sum().clamp(min=1)
-                coef = 1 - torch.tanh(self.ogm_alpha * torch.relu(s[i] / mean_others.clamp(min=1e-12) - 1))
-                coefs[m] = torch.where(v[i] & others.any(), coef, torch.ones_like(coef))
+            scores = modality_scores(obj.task.name, outputs, _presence_used(out, batch), obj.target(batch["y"]), scale)
+            coefs = ogm_coefficients(scores, float(self.ogm_alpha), self.variant)
         branches = trainer.model.branch_parameters()
         for m, coef in coefs.items():
-            modulated = (coef < 1).to(coef.dtype)
+            noisy = self.ogm_noise and (self.variant == "published" or bool(coef < 1))
             for p in branches.get(m, []):
                 if p.grad is None:
                     continue
                 g = p.grad
                 std = g.float().std() if g.numel() > 1 else torch.zeros((), device=g.device)
                 g.mul_(coef.to(g.dtype))
-                if self.ogm_noise:  # GE: generalisation-enhancing noise on the modulated branches only
-                    g.add_(torch.randn_like(g) * (std * modulated).to(g.dtype))
+                if noisy:  # GE: generalisation-enhancing noise
+                    g.add_(torch.randn_like(g) * (std + 1e-8).to(g.dtype))
         return coefs
 
 

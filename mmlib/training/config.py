@@ -13,6 +13,7 @@ from mmlib.utils import MMLibError
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULERS = ("onecycle", "cosine", "none")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
+OGM_VARIANTS = ("published", "smooth")
 CHECKPOINT_VERSION = 1
 # config fields that may change between an interrupted run and its resumption
 # (they do not change the optimisation trajectory, or only its bookkeeping)
@@ -38,9 +39,13 @@ class TrainConfig:
     min_delta: float = 0.0  # an improvement must beat the best val score by more than this
     loss: str | None = None  # loss name for mmlib.models.losses.get_loss; None → the task's default
     loss_options: dict[str, Any] | None = None  # options of that loss, e.g. {"delta": 0.5} for huber
+    standardize_target: bool = True  # regression: fit (y − mean) / std of the train split; predictions and
+    # metrics come back in the target's own units (a 4.2-star mean then need not live in hidden units)
     aux_weight: float = 0.0  # weight of the mean unimodal auxiliary loss (needs out["unimodal"])
     ogm_alpha: float | None = None  # OGM-GE modulation strength; None disables (needs out["unimodal"])
-    ogm_noise: bool = True  # OGM-GE: add Gaussian noise (grad std) to the modulated gradients
+    ogm_noise: bool = True  # OGM-GE's GE part: Gaussian noise with the gradient's std added to the branches' gradients
+    ogm_variant: str = "published"  # "published": Peng et al. 2022 (needs out["contributions"]: early fusion with
+    # head_layers=0, or late fusion); "smooth": our variant on auxiliary heads, 1 − tanh(α·relu(ρ − 1))
     device: str = "auto"  # "auto" (cuda, mps, cpu), "cpu", "cuda", "cuda:1", "mps"
     amp: str = "auto"  # "auto": bf16 (or fp16 + GradScaler) on CUDA, off elsewhere; "bf16" (CUDA or CPU) | "fp16" | "off"
     seed: int = 0  # seeds dropout, modality dropout, OGM noise and the shuffling order
@@ -73,6 +78,8 @@ class TrainConfig:
             raise bad("grad_clip", "use a positive max norm, or None to disable clipping")
         if self.ogm_alpha is not None and self.ogm_alpha < 0:
             raise bad("ogm_alpha", "use a non-negative strength (the paper uses 0.1–1), or None to disable")
+        if self.ogm_variant not in OGM_VARIANTS:
+            raise bad("ogm_variant", f"choose one of {OGM_VARIANTS}")
         if self.optimizer not in OPTIMIZERS:
             raise bad("optimizer", f"choose one of {OPTIMIZERS}")
         if self.scheduler not in SCHEDULERS:

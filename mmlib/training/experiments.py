@@ -69,10 +69,12 @@ def _jsonable(obj: Any) -> Any:
 
 def record_run(model: Any, fit: FitResult, metrics: Mapping[str, Mapping[str, float]], *, writer: RecordWriter | None,
                notebook: str, dataset: str, experiment: str, model_name: str, fusion: str, modalities: Sequence[str],
-               condition: str, seed: int, extra: Mapping[str, Any]) -> dict[str, Any]:
+               condition: str, seed: int, extra: Mapping[str, Any], predictions: Any = None,
+               y_test: Any = None) -> dict[str, Any]:
     """The result record of one trained model (metrics ``{split: {name: value}}`` flattened to
     ``<split>_<name>``, modalities sorted, parameters, time, epochs, device); added to
-    ``writer`` when given, else made stand-alone."""
+    ``writer`` when given (with its test ``predictions`` and their targets ``y_test``, kept
+    beside the records for paired comparisons), else made stand-alone."""
     counts = model.param_counts()
     fields = dict(experiment=experiment, model=model_name, fusion=fusion, modalities=sorted(modalities),
                   condition=condition, seed=int(seed),
@@ -81,7 +83,7 @@ def record_run(model: Any, fit: FitResult, metrics: Mapping[str, Mapping[str, fl
                   device=str(fit.device),
                   extra=_jsonable({**dict(extra), "n_params_by_branch": {k: int(v) for k, v in counts.items()}}))
     if writer is not None:
-        return writer.add(**fields)
+        return writer.add(**fields, predictions=predictions, y_test=y_test)
     return make_record(notebook=notebook, dataset=dataset, **fields)
 
 
@@ -142,15 +144,18 @@ def run_fusion(dataset: MultimodalDataset, fusion: str, modalities: Sequence[str
 
     splits = list(dict.fromkeys(["train", *evaluate_splits]))
     metrics = {split: dict(trainer.evaluate(split)) for split in splits}
-    if "test" in splits and has_planted_structure(dataset):
-        metrics["test"].update(planted_recovery(dataset, dataset.splits["test"], trainer.predict("test")))
+    test_pred = trainer.predict("test") if "test" in splits else None
+    if test_pred is not None and has_planted_structure(dataset):
+        metrics["test"].update(planted_recovery(dataset, dataset.splits["test"], test_pred))
 
     extra = {"best_epoch": fit.best_epoch, "best_val": fit.best_val, "stopped_early": fit.stopped_early,
              "model_kwargs": model_kwargs, "train_kwargs": {k: v for k, v in train_kwargs.items() if k != "progress"},
              "cached": hit is not None, **dict(extra or {})}
     record = record_run(model, fit, metrics, writer=writer, notebook=notebook, dataset=dataset.name,
                         experiment=experiment, model_name=model_name or default_model_name(fusion, mods),
-                        fusion=fusion, modalities=mods, condition=condition, seed=seed, extra=extra)
+                        fusion=fusion, modalities=mods, condition=condition, seed=seed, extra=extra,
+                        predictions=test_pred,
+                        y_test=None if test_pred is None else dataset.target[dataset.splits["test"]].numpy())
     return RunResult(model=model, trainer=trainer, fit=fit, metrics=metrics, record=record)
 
 

@@ -3,13 +3,15 @@
 A notebook takes one parameter ``profile`` and reads its sizes from here, so the
 same notebook is a 1-minute smoke test, the committed report, or a long GPU run::
 
-    P = get_profile(profile)          # in the cell after the `parameters` cell
+    P = get_profile(profile, seed_offset=seed_offset)   # in the cell after the `parameters` cell
     ds = load_for_profile(dataset, P)
     for seed in P["seeds"]: ...
 
 All profiles share the same keys (``PROFILE_KEYS``); a notebook may read any of
 them. The numbers are a first guess, kept in this one table so they are tuned in
-one place.
+one place. ``get_profile`` adds two keys that say which profile this is:
+``name`` and ``seed_offset`` (``seed_offset=K`` adds K to ``seeds``: an
+independent rerun of the same study with other seeds, on the same data and splits).
 
 | key | meaning |
 |---|---|
@@ -25,12 +27,12 @@ one place.
 | ``image_arch`` | image encoder of the notebooks' models (``cnn_strided`` is fast on a CPU; ``cnn_wide`` recovers the image part best, for a GPU) |
 | ``image_size`` | side of the square images, in pixels |
 | ``lr`` / ``weight_decay`` | AdamW learning rate (peak of the OneCycle schedule) and weight decay |
-| ``imbalance_seeds`` | seeds of 50_modality_imbalance's grid (``None`` = ``seeds``) |
 | ``text_encoder`` | how a real text is given to the models (loaders that offer a choice: ``clothing``): ``"minilm"`` = frozen MiniLM sentence embeddings (an MLP reads them: ~4 s per model on ``clothing`` on a 2-core CPU), ``"gru"`` = word tokens for a GRU trained from scratch (~30 s per model there), ``"minilm_finetune"`` = MiniLM's own word pieces into the MiniLM transformer, fine-tuned end to end at 1/100 of ``lr`` (a GPU job: ~22M parameters per model); ``spacecraft``'s captions are always tokens |
 """
 from __future__ import annotations
 
 import copy
+import numbers
 from typing import Any
 
 from mmlib.utils import MMLibError
@@ -52,7 +54,6 @@ PROFILES: dict[str, dict[str, Any]] = {
         "text_encoder": "minilm",
         "lr": 0.006,
         "weight_decay": 0.0,
-        "imbalance_seeds": None,
     },
     # The committed reports: 3 seeds, full datasets; ~15-20 min per dataset on a 2-core CPU.
     "standard": {
@@ -70,7 +71,6 @@ PROFILES: dict[str, dict[str, Any]] = {
         "text_encoder": "minilm",
         "lr": 0.006,
         "weight_decay": 0.0,
-        "imbalance_seeds": [0],
     },
     # One GPU: 5 seeds, longer training, bigger images, finer robustness curves.
     "full": {
@@ -88,11 +88,12 @@ PROFILES: dict[str, dict[str, Any]] = {
         "text_encoder": "minilm_finetune",
         "lr": 0.006,
         "weight_decay": 0.0,
-        "imbalance_seeds": None,
     },
 }
 
 PROFILE_KEYS: tuple[str, ...] = tuple(PROFILES["standard"])
+# Keys ``get_profile`` adds to its copy: which profile it is (not overridable).
+PROVENANCE_KEYS: tuple[str, ...] = ("name", "seed_offset")
 
 
 def profile_names() -> list[str]:
@@ -100,19 +101,27 @@ def profile_names() -> list[str]:
     return list(PROFILES)
 
 
-def get_profile(name: str, **overrides: Any) -> dict[str, Any]:
+def get_profile(name: str, seed_offset: int = 0, **overrides: Any) -> dict[str, Any]:
     """A fresh copy of profile ``name`` (so a notebook may edit it freely).
 
     ``overrides`` replace single keys (``get_profile("smoke", epochs=5)``); an
-    unknown key is an error rather than a silently ignored typo.
+    unknown key is an error rather than a silently ignored typo. ``seed_offset``
+    (a non-negative integer) is added to every seed of the profile, after the
+    overrides: ``get_profile("standard", seed_offset=10)["seeds"] == [10, 11, 12]``.
+    The copy also says where it came from: ``P["name"]`` and ``P["seed_offset"]``.
     """
     if not isinstance(name, str) or name not in PROFILES:
         raise MMLibError(f"Unknown profile {name!r}. Valid profiles: {', '.join(PROFILES)}.")
+    if not isinstance(seed_offset, numbers.Integral) or isinstance(seed_offset, bool) or seed_offset < 0:
+        raise MMLibError(f"get_profile({name!r}): seed_offset must be a non-negative integer, got {seed_offset!r}.")
     prof = copy.deepcopy(PROFILES[name])
     unknown = sorted(set(overrides) - set(PROFILE_KEYS))
     if unknown:
         raise MMLibError(f"get_profile({name!r}): unknown key(s) {unknown}. Valid keys: {', '.join(PROFILE_KEYS)}.")
     prof.update(copy.deepcopy(overrides))
+    k = int(seed_offset)
+    prof["seeds"] = [int(s) + k for s in prof["seeds"]]
+    prof["name"], prof["seed_offset"] = name, k
     return prof
 
 
@@ -125,4 +134,4 @@ def _check_profiles() -> None:
 
 _check_profiles()
 
-__all__ = ["PROFILES", "PROFILE_KEYS", "get_profile", "profile_names"]
+__all__ = ["PROFILES", "PROFILE_KEYS", "PROVENANCE_KEYS", "get_profile", "profile_names"]

@@ -26,12 +26,16 @@ class SupervisedObjective(Objective):
     """Fit ``dataset``'s target on its train split; validate on its val split.
 
     ``loss_fn(pred, y, weight=None)`` replaces the task's loss (e.g. seed 002's SMAPE on
-    a transformed target); otherwise ``loss`` / ``loss_options`` name one of the task's."""
+    a transformed target); otherwise ``loss`` / ``loss_options`` name one of the task's.
+
+    ``standardize`` (regression): the model learns z = (y − mean) / std with the mean and
+    std of the train split; every prediction and metric is mapped back to the target's
+    units, while the losses (train and ``val_loss``) stay in z units."""
 
     kind = "supervised"
 
     def __init__(self, dataset: Any, loss: str | None = None, loss_options: dict[str, Any] | None = None,
-                 loss_fn: Callable[..., torch.Tensor] | None = None):
+                 loss_fn: Callable[..., torch.Tensor] | None = None, standardize: bool = True):
         for split in ("train", "val"):
             if len(dataset.splits[split]) == 0:
                 raise MMLibError(f"Dataset {dataset.name!r}: the {split} split is empty; training needs rows in "
@@ -40,6 +44,11 @@ class SupervisedObjective(Objective):
         self.task = get_task(dataset.task)
         self.n_classes = dataset.n_classes
         self.loss_fn = loss_fn or self.task.loss(loss, **(loss_options or {}))
+        self.y_mean, self.y_std = 0.0, 1.0  # target units = model units unless standardised
+        if standardize and self.task.name == "regression":
+            y = dataset.target[torch.as_tensor(dataset.splits["train"], device=dataset.target.device)].double()
+            self.y_mean = float(y.mean())
+            self.y_std = float(y.std(unbiased=False)) if len(y) > 1 and float(y.std(unbiased=False)) > 0 else 1.0
         self.data = dataset
         self.device = dataset.device
         self.eval_batch_size = 1024
@@ -64,9 +73,21 @@ class SupervisedObjective(Objective):
     def batch_rows(self, batch: dict[str, Any]) -> int:
         return len(batch["y"])
 
+    def target(self, y: torch.Tensor) -> torch.Tensor:
+        """The target in the model's units (z when standardised)."""
+        if self.y_mean == 0.0 and self.y_std == 1.0:
+            return y
+        return (y.float() - self.y_mean) / self.y_std
+
+    def to_units(self, output: torch.Tensor) -> torch.Tensor:
+        """A model output back in the target's units (regression; classification outputs pass through)."""
+        if self.y_mean == 0.0 and self.y_std == 1.0:
+            return output
+        return output.float() * self.y_std + self.y_mean
+
     def training_step(self, model: nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, Any]:
         out = model(batch["inputs"], batch["present"])
-        return self.loss_fn(out["pred"], batch["y"]), out
+        return self.loss_fn(out["pred"], self.target(batch["y"])), out
 
     def nan_hint(self, batch: dict[str, Any]) -> str:
         bad = [f"{m}.{k}" for m, ts in batch["inputs"].items() for k, t in ts.items()
@@ -76,16 +97,18 @@ class SupervisedObjective(Objective):
         return f" This batch holds NaN/inf values in {bad}: clean or impute them in the dataset." if bad else ""
 
     # -------------------------------------------------------------- validation
-    def scores(self, pred: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
-        return self.task.metrics(y, self.task.predict(pred), self.n_classes)
+    def scores(self, output: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+        """The task's metrics of raw model outputs against targets in their own units."""
+        return self.task.metrics(y, self.task.predict(self.to_units(output)), self.n_classes)
 
     def validate(self, trainer: Any) -> dict[str, float]:
         pred, uni, y = self.forward("val")
         self.last_val = (pred, uni, y)  # ModalityTracking reads the unimodal outputs from here
-        row = {"val_loss": float(self.loss_fn(pred, y)), **{f"val_{k}": v for k, v in self.scores(pred, y).items()}}
+        row = {"val_loss": float(self.loss_fn(pred, self.target(y))),
+               **{f"val_{k}": v for k, v in self.scores(pred, y).items()}}
         if trainer.config.eval_train:
             tp, _, ty = self.forward("train")
-            row["train_eval_loss"] = float(self.loss_fn(tp, ty))
+            row["train_eval_loss"] = float(self.loss_fn(tp, self.target(ty)))
             row.update({f"train_{k}": v for k, v in self.scores(tp, ty).items()})
         return row
 
@@ -140,7 +163,8 @@ class SupervisedObjective(Objective):
     def forward(self, split_or_indices: Any, present_override: Override | None = None,
                 transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
-        """Raw outputs [n, out_dim], unimodal outputs {m: [n, out_dim]} and targets [n], in row order."""
+        """Raw model outputs [n, out_dim] (z units when standardised), unimodal outputs {m: [n, out_dim]}
+        and targets [n] (their own units), in row order."""
         rows = self.rows(split_or_indices)
         model = self.model
         was_training = model.training
@@ -173,7 +197,7 @@ class SupervisedObjective(Objective):
     def predict(self, split_or_indices: Any = "test", present_override: Override | None = None,
                 transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> np.ndarray:
         pred, _, _ = self.forward(split_or_indices, present_override, transform)
-        return self.task.predict(pred).cpu().numpy()
+        return self.task.predict(self.to_units(pred)).cpu().numpy()
 
     def evaluate(self, split_or_indices: Any = "test", present_override: Override | None = None,
                  transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> dict[str, float]:

@@ -78,7 +78,8 @@ class Trainer:
             raise MMLibError("Trainer needs either a dataset (supervised training) or an objective, not both.")
         self.config = cfg
         self.device = resolve_device(cfg.device)
-        self.objective = objective or SupervisedObjective(dataset, cfg.loss, cfg.loss_options)
+        self.objective = objective or SupervisedObjective(dataset, cfg.loss, cfg.loss_options,
+                                                          standardize=cfg.standardize_target)
         self.model = model.to(self.device)
         self.precision = Precision(cfg.amp, self.device)
         self.objective.setup(self)
@@ -92,7 +93,7 @@ class Trainer:
         self.callbacks: list[Callback] = [self.early_stopping, self.progress]
         if cfg.aux_weight > 0 or cfg.ogm_alpha is not None:
             self._supervised_only("aux_weight / ogm_alpha")
-            self.callbacks.append(ModalityBalancing(cfg.aux_weight, cfg.ogm_alpha, cfg.ogm_noise))
+            self.callbacks.append(ModalityBalancing(cfg.aux_weight, cfg.ogm_alpha, cfg.ogm_noise, cfg.ogm_variant))
         if cfg.track_modalities:
             self._supervised_only("track_modalities")
             self.callbacks.insert(0, ModalityTracking())
