@@ -65,3 +65,12 @@ def tiny_classification() -> MultimodalDataset:
 def _no_run_cache(monkeypatch):
     """Unit tests train for real: a cache hit must never stand in for a reproducibility check."""
     monkeypatch.setenv("MMLIB_RUN_CACHE", "0")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for the module: tiny models on a shared 2-core machine only lose by more."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

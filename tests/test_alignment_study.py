@@ -19,13 +19,7 @@ from mmlib.training.profiles import get_profile
 SEED = 0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny models on a shared 2-core machine: intra-op threads only add contention
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: intra-op threads only add contention
 
 
 @pytest.fixture(scope="module")

@@ -18,13 +18,7 @@ from mmlib.analysis.retrieval import (Searcher, group_ceiling, match_ranks, mrr,
 from mmlib.utils import MMLibError, set_seeds
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny models on a shared 2-core machine: intra-op threads only add contention
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: intra-op threads only add contention
 
 
 # ----------------------------------------------------------------------- losses

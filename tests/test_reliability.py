@@ -54,13 +54,7 @@ FOLDER_N = 60
 FOLDER_SEED = 5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # small models on a shared 2-core machine: intra-op threads only add contention
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: intra-op threads only add contention
 
 
 def run_cli(*argv: str) -> tuple[int, str, str]:

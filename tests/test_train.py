@@ -22,13 +22,7 @@ SMALL = {"hidden": 16, "feat_dim": 16}
 FAST = {"batch_size": 32, "progress": False, "device": "cpu"}  # exact reproducibility is a CPU promise
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny models on a shared 2-core machine: intra-op threads only add contention
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: intra-op threads only add contention
 
 
 @pytest.fixture(scope="module")

@@ -22,12 +22,7 @@ from mmlib.utils import MMLibError, set_seeds
 KINDS = ("fusion", "contrastive", "reconstruction")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: intra-op threads only add contention
 
 
 @pytest.fixture(scope="module")
