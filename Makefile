@@ -5,6 +5,14 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PROFILE ?= standard
 DATASETS ?= spacecraft clothing
+# DATA=path/to/spec.toml (several: DATA="a.toml b.toml") runs your own data (see mmlib.data.spec);
+# then only those, unless DATASETS is given on the command line too
+DATA ?=
+ifeq ($(strip $(DATA)),)
+REPORT_DATA := --datasets $(DATASETS)
+else
+REPORT_DATA := --data $(DATA) $(if $(filter command line,$(origin DATASETS)),--datasets $(DATASETS))
+endif
 
 .PHONY: reports test test-slow lab bench clean-cache
 
@@ -15,9 +23,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-## Execute every notebook on every dataset and write reports/ (HTML, records, index).
+## Execute every notebook on every dataset and write reports/ (HTML, records, index); DATA=spec.toml: your own data.
 reports: $(VENV)/.installed
-	$(PY) -m mmlib.reports --profile $(PROFILE) --datasets $(DATASETS)
+	$(PY) -m mmlib.reports --profile $(PROFILE) $(REPORT_DATA)
 
 ## Unit tests + a smoke run of every notebook.
 test: $(VENV)/.installed

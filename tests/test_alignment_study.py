@@ -8,7 +8,6 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from mmlib.analysis import alignment_study as study
 from mmlib.analysis import embedding_study as es

@@ -309,3 +309,46 @@ def test_profile_text_encoder_name_is_accepted():
     assert "encoder_arch" not in ds.modalities["text"].info  # word tokens: the GRU by default
     with pytest.raises(MMLibError, match="unknown text_encoder"):
         load(text_encoder="bert")
+
+
+# ------------------------------------------------------------------ tf-idf text
+@pytest.mark.filterwarnings("ignore:.*'Age'.*imputed:UserWarning")
+def test_clothing_tfidf_text(tmp_path, fake_model):
+    from mmlib.models import build_model
+    from mmlib.models.sparse_text import SparseTextEncoder
+
+    ds = load(text_encoder="tfidf")
+    text = ds.modalities["text"]
+    assert ds.modality_names == ["tabular", "text"] and text.kind == "text"
+    assert set(text.tensors) == {"tokens", "weights"} and text.info["encoder_arch"] == "tfidf"
+    ids, w = text.tensors["tokens"], text.tensors["weights"]
+    assert ids.shape == w.shape == (40, clothing.TFIDF_MAX_LEN)
+    assert not ids[sorted(NO_TEXT_ROWS)].any() and not text.present[sorted(NO_TEXT_ROWS)].any()
+    assert torch.equal(ids == 0, w == 0)  # a weight exactly where an n-gram is
+    # the vocabulary comes from the training rows only: a word seen only outside them has no id
+    train_words = {tok for i in ds.splits["train"] for tok in tokenize(ds.meta["texts"][i])}
+    other = {tok for t in ds.meta["texts"] for tok in tokenize(t)} - train_words
+    vocabulary = text.info["tfidf"].vectorizer.vocabulary_
+    assert other and not other & set(vocabulary) and int(ids.max()) < text.info["vocab_size"] == len(vocabulary) + 1
+    model = build_model(ds, fusion="early")
+    assert isinstance(model.encoders["text"], SparseTextEncoder) and model.encoders["text"].x_dim == 0
+
+    both = load(text_encoder="minilm+tfidf", cache_dir=tmp_path)
+    t2 = both.modalities["text"]
+    assert set(t2.tensors) == {"tokens", "weights", "x"} and t2.tensors["x"].shape == (40, 4)
+    assert torch.equal(t2.tensors["tokens"], ids) and not t2.tensors["x"][sorted(NO_TEXT_ROWS)].any()
+    assert build_model(both, fusion="early").encoders["text"].x_dim == 4
+
+
+@pytest.mark.filterwarnings("ignore:.*'Age'.*imputed:UserWarning")
+def test_clothing_tfidf_trains_and_masks(tmp_path, fake_model):
+    from mmlib.training.experiments import run_fusion
+    from mmlib.training.profiles import get_profile
+
+    ds = load(text_encoder="minilm+tfidf", cache_dir=tmp_path)
+    P = get_profile("smoke", text_encoder="minilm+tfidf")
+    r = run_fusion(ds, "early", ["tabular", "text"], 0, profile=P, notebook="t", experiment="t", progress=False,
+                   device="cpu")
+    clean = r.trainer.predict("test")
+    masked = r.trainer.predict("test", present_override={"text": False})
+    assert np.isfinite(clean).all() and np.isfinite(masked).all() and not np.allclose(clean, masked)

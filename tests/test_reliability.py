@@ -98,12 +98,13 @@ def test_missing_required_loader_parameters_are_named():
         load_dataset("nope")
 
 
-def test_runner_refuses_a_dataset_that_needs_arguments(tmp_path):
-    # used to start a kernel and fail inside the first notebook with a TypeError
+def test_runner_points_a_dataset_that_needs_arguments_to_a_spec_file(tmp_path):
+    # used to start a kernel and fail inside the first notebook with a TypeError; its arguments
+    # now come from a spec file (--data spec.toml, tested in test_spec.py)
     rc, _, err = run_cli("--profile", "smoke", "--datasets", "spacecraft", "folder", "--notebooks-dir",
                          str(NOTEBOOK_FIXTURES), "--out-dir", str(tmp_path))
     assert rc == 2 and err.startswith("error: ") and err.count("\n") == 1
-    assert "'folder' needs csv_path, target" in err and "load_dataset" in err
+    assert "'folder' needs csv_path, target" in err and "--data path/to/spec.toml" in err
     assert "Traceback" not in err and not any(tmp_path.iterdir())
 
 
@@ -131,7 +132,8 @@ def test_png_with_intact_header_but_truncated_data(csv):
     path.write_bytes(data[: len(data) * 6 // 10])
     with Image.open(path) as im:
         assert im.size == (32, 32)  # the header still reads
-    with pytest.raises(MMLibError, match=r"000004\.png \(row 4\) is corrupt or truncated.*replace or remove it"):
+    with pytest.raises(MMLibError, match=r"image file corrupt or unreadable \(e\.g\. spacecraft_images/000004\.png\) "
+                                         r"\(first CSV lines: 6\).*replace or remove the files"):
         _folder(csv)
 
 
@@ -156,7 +158,7 @@ def test_empty_image_path_cell_and_bad_image_size(csv):
     frame = pd.read_csv(csv)
     frame.loc[6, "image_path"] = np.nan
     frame.to_csv(csv, index=False)
-    with pytest.raises(MMLibError, match=r"row 6 not given \(the image-path cell is empty\).*missing_images='absent'"):
+    with pytest.raises(MMLibError, match=r"image-path cell empty \(first CSV lines: 8\).*missing_images='absent'"):
         _folder(csv)
     ds = _folder(csv, missing_images="absent")
     assert not ds.modalities["image"].present[6] and int(ds.modalities["image"].present.sum()) == FOLDER_N - 1

@@ -325,7 +325,7 @@ def test_classification_trainer_outputs_probabilities():
     assert p.shape == (len(data.splits["val"]), 3)
     np.testing.assert_allclose(p.sum(1), 1.0, rtol=1e-5)
     assert "val_accuracy" in res.history and res.monitor == "val_accuracy"
-    assert set(res.trainer.evaluate("test")) == {"accuracy", "macro_f1", "log_loss"}
+    assert set(res.trainer.evaluate("test")) == {"accuracy", "macro_f1", "roc_auc_ovr", "log_loss"}
 
 
 class _PlainModel(nn.Module):

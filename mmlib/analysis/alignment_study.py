@@ -32,6 +32,7 @@ from mmlib.analysis import spaces as S
 from mmlib.models import alignment as A
 from mmlib.reporting.records import fmt_mean_std
 from mmlib.training.experiments import summary_table
+from mmlib.utils import MMLibError
 
 SPLITS = ("train", "val", "test")
 # retrieval metrics shown in the tables (test split; t2i = text→image, i2t = image→text)
@@ -48,6 +49,9 @@ TWO_TOWER_LR = 2e-3
 # spacecraft's planted factors: captions name colour and stripe only
 PROBE_FACTORS = ("color", "striped", "engines", "shape", "heading", "size_class")
 R10 = "test_t2i_R@10"
+PRETRAINED_SPACE = "image_efficientnet"  # probe column / record name of the pretrained image space
+PRETRAINED_EXPERIMENT = "translation_pretrained"  # seed 001 between two pretrained spaces
+PRETRAINED_SUFFIX = "_efficientnet"  # its translators: <arch>_<loss>_efficientnet
 
 
 # --------------------------------------------------------------------------- setup
@@ -79,30 +83,58 @@ class FrozenSpaces:
     x_image: np.ndarray  # image.x minus its training mean
     rows: dict[str, np.ndarray]  # split -> dataset rows
     both: np.ndarray  # bool per row: text and image both present
+    # the pretrained image space (frozen EfficientNet-Lite0), when asked for and available
+    pretrained: S.FrozenEmbeddings | None = None
+    x_pretrained: np.ndarray | None = None  # pretrained.x minus its training mean
+    pretrained_error: str | None = None  # why there is no pretrained space, when it was asked for
 
-    def pairs(self, centred: bool = True) -> dict[str, C.Pairs]:
-        """Text/image embedding pairs per split, on rows with both modalities."""
-        xt, xi = (self.x_text, self.x_image) if centred else (self.text.x, self.image.x)
+    def pairs(self, centred: bool = True, image: str = "autoencoder") -> dict[str, C.Pairs]:
+        """Text/image embedding pairs per split, on rows with both modalities; ``image``:
+        ``"autoencoder"`` or ``"pretrained"`` (the EfficientNet space)."""
+        if image == "pretrained":
+            if self.pretrained is None:
+                raise MMLibError(f"no pretrained image space: {self.pretrained_error or 'not asked for'}")
+            xt, xi = (self.x_text, self.x_pretrained) if centred else (self.text.x, self.pretrained.x)
+        else:
+            xt, xi = (self.x_text, self.x_image) if centred else (self.text.x, self.image.x)
         return {s: C.embedding_pairs(xt, xi, self.rows[s], present=self.both) for s in SPLITS}
 
 
-def frozen_spaces(ds: Any, profile: Mapping[str, Any], device: str = "auto", text_method: str = "auto"
-                  ) -> FrozenSpaces:
+def frozen_spaces(ds: Any, profile: Mapping[str, Any], device: str = "auto", text_method: str = "auto",
+                  pretrained_image: bool = False) -> FrozenSpaces:
     """MiniLM (or TF-IDF) text embeddings and the profile's autoencoder image space (cached,
-    notebook 70 reuses it), both centred on the training rows (``alignment.center``)."""
+    notebook 70 reuses it), both centred on the training rows (``alignment.center``). With
+    ``pretrained_image`` also the frozen EfficientNet-Lite0 space (cached; when its weights
+    cannot be fetched, ``pretrained_error`` says why and the study goes on without it)."""
     text = S.text_embeddings(ds, method=text_method)
     image = S.autoencoder_for_profile(ds, profile, device=device)
     rows = {s: np.asarray(ds.splits[s]) for s in SPLITS}
     both = (ds.modalities["text"].present & ds.modalities["image"].present).cpu().numpy()
-    return FrozenSpaces(text, image, C.center(text.x, rows["train"]), C.center(image.x, rows["train"]), rows, both)
+    out = FrozenSpaces(text, image, C.center(text.x, rows["train"]), C.center(image.x, rows["train"]), rows, both)
+    if pretrained_image:
+        try:
+            out.pretrained = S.image_embeddings_pretrained(ds, device=device)
+            out.x_pretrained = C.center(out.pretrained.x, rows["train"])
+        except MMLibError as exc:
+            out.pretrained_error = str(exc)
+    return out
 
 
 def spaces_text(spaces: FrozenSpaces) -> str:
     """One markdown sentence: which spaces, how wide, and the autoencoder's validation error."""
     img = spaces.image
     how = "read from the cache" if img.extra.get("cached") else f"trained in {img.train_time_s:.0f} s"
-    return (f"Text space: **{spaces.text.method}**, {spaces.text.dim}-d. Image space: autoencoder bottleneck, "
+    text = (f"Text space: **{spaces.text.method}**, {spaces.text.dim}-d. Image space: autoencoder bottleneck, "
             f"{img.dim}-d, best validation reconstruction MSE {img.extra['val_mse']:.4f} ({how}).")
+    pre = spaces.pretrained
+    if pre is not None:
+        e = pre.extra
+        text += (f" Pretrained image space: **EfficientNet-Lite0** (ImageNet, frozen), {pre.dim}-d, images resized "
+                 f"to {e['size']} px, {e['backbone_params']:,} backbone parameters; {e['n_images']:,} images embedded "
+                 f"in {e['embed_time_s']:.0f} s" + (" (read from the cache)." if e["cached"] else "."))
+    elif spaces.pretrained_error:
+        text += f" No pretrained image space: {spaces.pretrained_error}"
+    return text
 
 
 def autoencoder_curve(spaces: FrozenSpaces) -> pd.DataFrame:
@@ -118,9 +150,11 @@ def probe_table(ds: Any, spaces: FrozenSpaces, writer: Any, seed: int) -> pd.Dat
     if "latent" not in ds.meta:
         return None
     factors = ds.meta["latent"][list(PROBE_FACTORS)]
-    probes = C.factor_probes({"text": spaces.x_text, "image": spaces.x_image}, factors, spaces.rows["train"],
-                             spaces.rows["test"])
-    names = {"text": f"text_{spaces.text.method}", "image": "image_autoencoder"}
+    xs = {"text": spaces.x_text, "image": spaces.x_image}
+    if spaces.x_pretrained is not None:
+        xs[PRETRAINED_SPACE] = spaces.x_pretrained
+    probes = C.factor_probes(xs, factors, spaces.rows["train"], spaces.rows["test"])
+    names = {"text": f"text_{spaces.text.method}", "image": "image_autoencoder", PRETRAINED_SPACE: PRETRAINED_SPACE}
     for _, r in probes.iterrows():
         writer.add(experiment="frozen_space_probe", model=names[r["space"]], modalities=[r["space"]],
                    condition=f"factor={r['factor']}", seed=seed,
@@ -152,18 +186,64 @@ def reference_table(refs: Mapping[str, Mapping[str, float]], n_test: int) -> pd.
 # --------------------------------------------------------------------------- seed 001: translators
 def translation_runs(pairs: Mapping[str, C.Pairs], seeds: Sequence[int], fit: Mapping[str, Any], writer: Any,
                      configs: Sequence[tuple[str, str]] = TRANSLATORS, condition: str = "",
-                     extra: Mapping[str, Any] | None = None) -> dict[tuple[str, int], C.AlignmentRun]:
+                     extra: Mapping[str, Any] | None = None, experiment: str = "translation", suffix: str = ""
+                     ) -> dict[tuple[str, int], C.AlignmentRun]:
     """Train each (architecture, loss) of ``configs`` over ``seeds`` on the text→image pairs;
-    one ``translation`` record each (model ``<arch>_<loss>``). Keyed by (model, seed)."""
+    one ``experiment`` record each (model ``<arch>_<loss><suffix>``). Keyed by (model, seed)."""
     d_text, d_image = pairs["train"].a.shape[1], pairs["train"].b.shape[1]
     runs = {}
     for arch, loss in configs:
         for seed in seeds:
-            runs[f"{arch}_{loss}", seed] = C.run_alignment(
+            runs[f"{arch}_{loss}{suffix}", seed] = C.run_alignment(
                 partial(A.make_translator, arch, d_text, d_image, hidden=TRANSLATOR_HIDDEN), pairs["train"],
-                pairs["val"], pairs["test"], experiment="translation", model_name=f"{arch}_{loss}",
+                pairs["val"], pairs["test"], experiment=experiment, model_name=f"{arch}_{loss}{suffix}",
                 condition=condition, seed=seed, loss=loss, lr=TRANSLATOR_LR, writer=writer, extra=extra, **fit)
     return runs
+
+
+def pretrained_translation_runs(spaces: FrozenSpaces, seeds: Sequence[int], fit: Mapping[str, Any], writer: Any
+                                ) -> dict[tuple[str, int], C.AlignmentRun]:
+    """Seed 001's two translators (``SEED001``) between two *pretrained* spaces: the frozen text
+    space into the frozen EfficientNet-Lite0 image space (centred), over ``seeds``; records
+    ``translation_pretrained``, models ``<arch>_<loss>_efficientnet``. Empty without that space."""
+    if spaces.pretrained is None:
+        return {}
+    return translation_runs(spaces.pairs(image="pretrained"), seeds, fit, writer, configs=SEED001,
+                            experiment=PRETRAINED_EXPERIMENT, suffix=PRETRAINED_SUFFIX,
+                            extra={"text_space": spaces.text.method, "image_space": spaces.pretrained.method,
+                                   "image_size": spaces.pretrained.extra.get("size")})
+
+
+def space_comparison(records: Sequence[Mapping[str, Any]], random: Mapping[str, float]) -> pd.DataFrame:
+    """Seed 001's two translators, text→image R@10 and MRR (mean ± std over seeds) into the
+    autoencoder space and into the EfficientNet space, with random's values: one row per
+    (translator, image space)."""
+    recs = [r for r in records if not r["condition"] and (
+        r["experiment"] == PRETRAINED_EXPERIMENT
+        or (r["experiment"] == "translation" and tuple(r["model"].split("_")) in SEED001))]
+    table = summary_table(recs, by=("experiment", "model"), metrics=[R10, "test_t2i_MRR"]).reset_index()
+    table["image space"] = np.where(table["experiment"] == PRETRAINED_EXPERIMENT, "EfficientNet-Lite0 (ImageNet)",
+                                    "autoencoder (no labels)")
+    table["translator"] = table["model"].str.removesuffix(PRETRAINED_SUFFIX)
+    table["R@10 / random"] = table[f"{R10}_mean"].astype(float) / random["R@10"]
+    cols = ["translator", "image space", f"{R10}_mean", f"{R10}_std", "R@10 / random", "test_t2i_MRR_mean"]
+    return table[cols].set_index(["translator", "image space"]).astype(float).round(4)
+
+
+def space_conclusion(comp: pd.DataFrame, random: Mapping[str, float]) -> str:
+    """Per translator: Recall@10 into the EfficientNet space against the autoencoder space and random."""
+    parts = []
+    for tr in dict.fromkeys(comp.index.get_level_values(0)):
+        sub = comp.xs(tr, level=0)
+        pre = sub[sub.index.str.startswith("EfficientNet")]
+        ae = sub[sub.index.str.startswith("autoencoder")]
+        if len(pre) and len(ae):
+            parts.append(f"{tr}: {float(pre[f'{R10}_mean'].iloc[0]):.3f} into EfficientNet "
+                         f"({float(pre['R@10 / random'].iloc[0]):.1f}× random) against "
+                         f"{float(ae[f'{R10}_mean'].iloc[0]):.3f} into the autoencoder space")
+    if not parts:
+        return "No translator into the pretrained image space was trained."
+    return (f"Text→image Recall@10 (random {random['R@10']:.3f}): " + "; ".join(parts) + ".")
 
 
 def translation_table(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
@@ -232,7 +312,7 @@ def training_histories(two_tower: Mapping[int, C.AlignmentRun],
 # --------------------------------------------------------------------------- all models
 def overall_table(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """Every translation, two-tower and reference record, by (experiment, model, condition)."""
-    recs = [r for r in records if r["experiment"] in ("translation", "two_tower", "reference")]
+    recs = [r for r in records if r["experiment"] in ("translation", PRETRAINED_EXPERIMENT, "two_tower", "reference")]
     return summary_table(recs, by=("experiment", "model", "condition"), metrics=SHOWN)
 
 
@@ -279,7 +359,7 @@ def overall_conclusion(main: pd.DataFrame, refs: Mapping[str, Mapping[str, float
 
 def distance_table(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """Cosine vs euclidean text→image R@10 and MRR (means over seeds) per trained model."""
-    dist = summary_table([r for r in records if r["experiment"] in ("translation", "two_tower")
+    dist = summary_table([r for r in records if r["experiment"] in ("translation", PRETRAINED_EXPERIMENT, "two_tower")
                           and r["condition"] == ""], by=("model",),
                          metrics=[R10, "test_t2i_euclidean_R@10", "test_t2i_MRR", "test_t2i_euclidean_MRR"])
     dist = dist[[c for c in dist.columns if c.endswith("_mean")]].astype(float)
@@ -348,7 +428,8 @@ def precision_conclusion(prec: pd.DataFrame, k: int) -> str:
 
 
 __all__ = ["SHOWN", "SHOWN_NAMES", "TRANSLATORS", "SEED001", "TWO_TOWER", "PROBE_FACTORS", "not_applicable",
-           "fit_settings", "FrozenSpaces", "frozen_spaces", "spaces_text", "autoencoder_curve", "probe_table",
+           "fit_settings", "FrozenSpaces", "frozen_spaces", "PRETRAINED_SPACE", "PRETRAINED_EXPERIMENT",
+           "pretrained_translation_runs", "space_comparison", "space_conclusion", "spaces_text", "autoencoder_curve", "probe_table",
            "reference_points", "reference_table", "translation_runs", "translation_table", "loss_architecture_grid",
            "translation_conclusion", "centring_ablation", "two_tower_runs", "two_tower_table", "training_histories",
            "overall_table", "main_models", "plot_overall", "overall_conclusion", "distance_table",

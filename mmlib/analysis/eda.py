@@ -56,3 +56,13 @@ def numeric_correlations(ds: MultimodalDataset, top: int = 14) -> pd.DataFrame:
     corr_y = frame.corrwith(y).abs().sort_values(ascending=False)
     cols = list(corr_y.index[:top])
     return pd.concat([frame[cols], y], axis=1).corr().round(2)
+
+
+def validation_table(ds: MultimodalDataset) -> pd.DataFrame:
+    """The data problems the loader's policies handled (``folder``: NaN numbers imputed, missing or
+    corrupt images and empty texts made absent), one row per column and problem, with the number
+    of rows and their first CSV line numbers (header = line 1); empty when there were none."""
+    rows = ds.meta.get("validation") or []
+    cols = ["column", "problem", "rows", "first_csv_lines", "handled_as"]
+    return pd.DataFrame([{k: (", ".join(map(str, r[k])) if k == "first_csv_lines" else r[k]) for k in cols}
+                         for r in rows], columns=cols)

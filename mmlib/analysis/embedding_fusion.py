@@ -10,8 +10,10 @@ Here the branches are the ``EmbeddingMLP`` encoders and the fusions of
 with three experts), trained by ``mmlib.training.trainer.Trainer``. What this module adds:
 
 * ``frozen_fusion_dataset``: the two frozen branches for a dataset. Text always gets
-  MiniLM sentence embeddings; the second branch is the autoencoder image embedding
-  (``mmlib.analysis.alignment``) when there are images, else the tabular modality.
+  MiniLM sentence embeddings; the second branch, when there are images, is a frozen
+  pretrained image embedding as in seed 002 (EfficientNet-Lite0 ImageNet features,
+  ``mmlib.models.pretrained``; the label-free autoencoder of ``mmlib.analysis.spaces`` when
+  its weights cannot be fetched, or on request), else the tabular modality.
   ``spacecraft`` is loaded with its positive, right-skewed ``cost`` target.
 * ``TargetScaler``: the target transform, ``standard`` (z-score) or ``log`` (log,
   then z-score), with its exact inverse.
@@ -63,13 +65,39 @@ def load_source(name: str, profile: Mapping[str, Any], **overrides: Any) -> Mult
     return ds
 
 
+IMAGE_METHODS = ("auto", "efficientnet", "autoencoder")
+
+
+def _image_space(ds: MultimodalDataset, modality: str, profile: Mapping[str, Any], method: str, device: str,
+                 progress: bool, info: dict[str, Any]) -> Any:
+    """The frozen image branch: EfficientNet-Lite0 (ImageNet) features, or the autoencoder of
+    notebook 60; ``auto`` falls back to the autoencoder, saying why in ``info["image_note"]``."""
+    from mmlib.analysis import spaces
+
+    if method not in IMAGE_METHODS:
+        raise MMLibError(f"frozen_fusion_dataset: unknown image_method {method!r}; choose one of {IMAGE_METHODS}.")
+    if method in ("auto", "efficientnet"):
+        try:
+            emb = spaces.image_embeddings_pretrained(ds, modality=modality, device=device, progress=progress)
+            info["image_extra"] = {k: emb.extra[k] for k in ("size", "embed_time_s", "cached", "backbone_params")}
+            return emb
+        except MMLibError as exc:
+            if method == "efficientnet":
+                raise
+            info["image_note"] = f"EfficientNet-Lite0 unavailable ({exc}); the autoencoder image space is used."
+    return spaces.autoencoder_for_profile(ds, profile, device=device, progress=progress)
+
+
 def frozen_fusion_dataset(ds: MultimodalDataset, profile: Mapping[str, Any], device: str = "auto",
-                          progress: bool = False) -> tuple[MultimodalDataset, dict[str, Any]]:
+                          progress: bool = False, image_method: str = "auto") -> tuple[MultimodalDataset, dict[str, Any]]:
     """``ds`` with two frozen embedding branches (see the module docstring); any
     ``MultimodalDataset`` works, e.g. one from ``load_source`` or built in memory.
+    ``image_method``: ``auto`` (EfficientNet-Lite0 when its weights can be fetched, else the
+    autoencoder), ``efficientnet`` or ``autoencoder``.
 
     Returns the dataset (its modalities are the two branches) and a dict describing
-    them (``branches``, ``text_method``, ``image_method``, ``load_options``)."""
+    them (``branches``, ``text_method``, ``image_method``, ``load_options``, and for
+    EfficientNet ``image_extra``: size, embedding time, cached, backbone parameters)."""
     from mmlib.analysis import spaces
     from mmlib.data.embeddings import replace_with_embeddings
 
@@ -83,9 +111,9 @@ def frozen_fusion_dataset(ds: MultimodalDataset, profile: Mapping[str, Any], dev
             replace[m] = emb.x
             info["text_method"] = emb.method
         elif mod.kind == "image":
-            emb = spaces.autoencoder_for_profile(ds, profile, device=device, progress=progress)
+            emb = _image_space(ds, m, profile, image_method, device, progress, info)
             replace[m] = emb.x
-            info["image_method"] = "autoencoder"
+            info["image_method"] = emb.method
     if any(mod.kind == "embedding" for m, mod in ds.modalities.items() if m not in replace):
         info["text_method"] = info["text_method"] or "minilm"
     out = replace_with_embeddings(ds, replace) if replace else ds
@@ -239,7 +267,7 @@ def run_target_variant(dataset: MultimodalDataset, *, fusion: str, target_mode: 
     y = dataset.target.detach().cpu().numpy().astype(np.float64)
     scaler = TargetScaler.fit(y[train_rows], target_mode)
     ds_t = with_target(dataset, scaler)
-    config = train_config_from_profile(profile, seed=int(seed), device=device, progress=progress,
+    config = train_config_from_profile(profile, n_train=len(train_rows), seed=int(seed), device=device, progress=progress,
                                        **dict(train_kwargs or {}))
     set_seeds(int(seed))
     model = build_model(ds_t, fusion=fusion, **dict(model_kwargs or {}))
@@ -275,5 +303,5 @@ def bins_long(tables: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     return pd.concat([t.assign(model=name) for name, t in tables.items()], ignore_index=True)
 
 
-__all__ = ["TARGET_MODES", "LOSSES", "POSITIVE_TARGET_OPTIONS", "frozen_fusion_dataset", "TargetScaler", "with_target",
+__all__ = ["TARGET_MODES", "LOSSES", "IMAGE_METHODS", "POSITIVE_TARGET_OPTIONS", "frozen_fusion_dataset", "TargetScaler", "with_target",
            "density_weights", "make_loss", "VariantRun", "run_target_variant", "skewness", "bins_long"]

@@ -40,9 +40,17 @@ def split_condition(cond: str) -> tuple[str, str]:
 
 def branches_text(branches: Mapping[str, Any]) -> str:
     """One markdown sentence on the two branches (``frozen_fusion_dataset``'s description)."""
-    return (f"Branches: {', '.join(f'`{b}`' for b in branches['branches'])}; text embeddings: "
+    text = (f"Branches: {', '.join(f'`{b}`' for b in branches['branches'])}; text embeddings: "
             f"**{branches['text_method']}**; image embeddings: **{branches['image_method'] or 'none (no images)'}**; "
             f"loader options: `{branches['load_options']}`.")
+    e = branches.get("image_extra")
+    if e:
+        text += (f" The image branch is frozen EfficientNet-Lite0 (ImageNet, {e['backbone_params']:,} backbone "
+                 f"parameters) on images resized to {e['size']} px: embedding took {e['embed_time_s']:.0f} s"
+                 + (" (read from the cache)." if e["cached"] else "."))
+    if branches.get("image_note"):
+        text += " " + branches["image_note"]
+    return text
 
 
 def log_target_ok(y: Any) -> bool:

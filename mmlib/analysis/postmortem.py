@@ -25,7 +25,7 @@ import pandas as pd
 from mmlib.analysis.attribution import shapley_values
 from mmlib.analysis.imbalance import remedy_verdicts
 from mmlib.analysis.summaries import group_stats
-from mmlib.analysis.verdicts import N_BOOT, Evidence, fmt_delta
+from mmlib.analysis.verdicts import N_BOOT, Evidence, constant_score, fmt_delta
 from mmlib.reporting.records import fmt_mean_std
 from mmlib.utils import MMLibError
 
@@ -89,7 +89,8 @@ def _fmt(row) -> str:
 TRAINING_EXPERIMENTS = ("unimodal", "simple_fusion", "fusion_variant", "full_model", "subset")
 # Q1's systems: every model of these notebooks and experiments, on the primary target
 SYSTEM_NOTEBOOKS = ("10_unimodal_baselines", "20_simple_fusion", "40_fusion_variants")
-SYSTEM_EXPERIMENTS = ("unimodal", "text_encoder", "catboost", "tfidf", "simple_fusion", "fusion_variant", "stacking")
+SYSTEM_EXPERIMENTS = ("unimodal", "text_encoder", "image_encoder", "catboost", "tfidf", "simple_fusion", "fusion_variant",
+                      "stacking")
 
 
 def _unique_runs(df: pd.DataFrame) -> pd.DataFrame:
@@ -103,8 +104,11 @@ def _unique_runs(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def primary_metric_from(records: pd.DataFrame) -> str:
+    # the primary target's records only: notebook 20's other targets (e.g. a binary one beside a
+    # multiclass one) carry other metrics; a binary target has accuracy too, so ROC-AUC comes first
+    main = records[records["experiment"] != "other_target"] if "experiment" in records else records
     for m in ("r2", "roc_auc", "accuracy"):
-        if f"metric_test_{m}" in records:
+        if f"metric_test_{m}" in main and main[f"metric_test_{m}"].notna().any():
             return m
     raise ValueError("records carry no test_r2 / test_roc_auc / test_accuracy metric")
 
@@ -232,9 +236,13 @@ def _q3(abl: pd.DataFrame, imb: pd.DataFrame, ev: Evidence, col: str) -> list[Se
             text += (f"Not findings: {', '.join(flagged)} masked a modality whose missing path this model never "
                      "trained (untrained path), so those scores say nothing about the data. ")
         masks = findings[[i.endswith(":mask") for i in findings.index]]
-        survivable = (masks["mean"] > 0).sum() if col.endswith("_r2") else len(masks)
-        text += (f"With the model's own, trained missing-modality path (mask), {survivable} of {len(masks)} "
-                 "single-modality removals still beat a constant prediction." if len(masks) else "")
+        const = constant_score(col, ev.y)
+        if len(masks) and const is not None:
+            survivable = int((masks["mean"] > const).sum() if ev.higher else (masks["mean"] < const).sum())
+            text += (f"With the model's own, trained missing-modality path (mask), {survivable} of {len(masks)} "
+                     "single-modality removals still beat a constant prediction"
+                     + ("." if col.endswith("_r2") else f" ({const:.3f}, "
+                        f"{'the majority-class rate' if col.endswith('_accuracy') else 'chance'})."))
         out = [Section(title, text, d.round(4))]
     if len(imb):
         table, lines, _ = remedy_verdicts(imb, ev)

@@ -143,6 +143,76 @@ def autoencoder_for_profile(dataset: Any, profile: Mapping[str, Any], device: st
                                         max_batches_per_epoch=profile.get("max_batches_per_epoch"), progress=progress)
 
 
+def image_embeddings_pretrained(dataset: Any, modality: str | None = None, size: int | None = None,
+                                device: str | torch.device = "auto", progress: bool = False) -> FrozenEmbeddings:
+    """Frozen EfficientNet-Lite0 (ImageNet) pooled features, 1280-d, for every row (absent rows
+    zero): ``mmlib.models.pretrained.image_embeddings`` on the dataset's uint8 pixels resized to
+    ``size`` (default ``DEFAULT_SIZE``), cached on disk keyed by the dataset name, the pixels
+    and presence mask, the model and the size. No label is read. ``extra`` holds
+    ``embed_time_s`` (the computation, also when read from the cache), ``cached``, ``size``,
+    ``backbone_params``. Raises ``MMLibError`` when the weights cannot be fetched."""
+    from mmlib.models import pretrained as PT
+
+    m = find_modality(dataset, "image", modality)
+    mod = dataset.modalities[m]
+    x, info = PT.image_embeddings(mod.tensors["pixels"], mod.present, size=int(size or PT.DEFAULT_SIZE),
+                                  cache_key=f"{dataset.name}-{m}", device=str(device), progress=progress)
+    return FrozenEmbeddings(x, PT.MODEL_NAME, float(info["embed_time_s"]), extra=info)
+
+
+IMAGE_ENCODERS = ("efficientnet", "efficientnet_finetune")  # values of a run profile's ``image_encoder``
+
+
+def pretrained_image_inputs(dataset: Any, profile: Mapping[str, Any], modality: str | None = None,
+                            device: str | torch.device = "auto", progress: bool = False
+                            ) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """What ``run_fusion`` needs for the pretrained image variant the profile names
+    (``profile["image_encoder"]``): ``(dataset, model_kwargs, extra)``.
+
+    ``efficientnet`` (frozen): the image modality becomes its cached EfficientNet-Lite0
+    embeddings (kind ``embedding``, same name and mask), read by an ``EmbeddingMLP`` head.
+    ``efficientnet_finetune``: the dataset unchanged and ``encoder_archs={m: "efficientnet"}``:
+    the backbone in the model, trained at 1/100 of the learning rate (a GPU job).
+    ``extra`` (for the records): the encoder, whether it is frozen, the input size, the
+    backbone's parameter count and, when frozen, the embedding time (``embed_time_s``)."""
+    from mmlib.data.embeddings import replace_with_embeddings
+    from mmlib.models import pretrained as PT
+
+    enc = profile.get("image_encoder") or IMAGE_ENCODERS[0]
+    if enc not in IMAGE_ENCODERS:
+        raise MMLibError(f"image_encoder={enc!r}; choose one of {IMAGE_ENCODERS}.")
+    m = find_modality(dataset, "image", modality)
+    if enc == "efficientnet_finetune":
+        PT.fetch_weights()  # fail here, with the download's message, rather than inside build_model
+        extra = {"image_encoder": enc, "frozen": False, "image_size": PT.DEFAULT_SIZE,
+                 "backbone_params": PT.n_backbone_params()}
+        return dataset, {"encoder_archs": {m: "efficientnet"}}, extra
+    emb = image_embeddings_pretrained(dataset, modality=m, device=device, progress=progress)
+    extra = {"image_encoder": enc, "frozen": True, "image_size": emb.extra["size"],
+             "backbone_params": emb.extra["backbone_params"], "embed_time_s": round(emb.extra["embed_time_s"], 2),
+             "embeddings_cached": emb.extra["cached"]}
+    return replace_with_embeddings(dataset, {m: emb.x}), {}, extra
+
+
+def pretrained_cost_table(records: Any) -> pd.DataFrame:
+    """Cost of the pretrained image variants in ``records`` (those whose ``extra`` names an
+    ``image_encoder``): trained parameters, frozen backbone parameters, input size, the one-off
+    embedding time and the training time, averaged over seeds, per model."""
+    rows = [{"model": r["model"], "trained params": r["n_params"], "backbone params": r["extra"]["backbone_params"],
+             "frozen": r["extra"]["frozen"], "input px": r["extra"]["image_size"],
+             "embedding time (s, once)": r["extra"].get("embed_time_s", float("nan")),
+             "training time (s)": r["train_time_s"]}
+            for r in records if "image_encoder" in (r.get("extra") or {})]
+    if not rows:
+        raise MMLibError("pretrained_cost_table: no record of a pretrained image variant.")
+    g = pd.DataFrame(rows).groupby("model", sort=False)
+    out = g[[c for c in rows[0] if c not in ("model", "frozen")]].mean().round(2)
+    for c in ("trained params", "backbone params", "input px"):
+        out[c] = out[c].round().astype(int)
+    out.insert(2, "frozen", g["frozen"].first())
+    return out
+
+
 def _save_npz(path: Any, **arrays: np.ndarray) -> None:
     from mmlib.utils import atomic_write_bytes
 

@@ -185,6 +185,17 @@ def paired_delta(y: Any, preds_a: Mapping[Any, Any] | Any, preds_b: Mapping[Any,
 
 
 # ----------------------------------------------------------------- verdicts
+def constant_score(col: str, y_test: Any = None) -> float | None:
+    """Test score of the best input-free prediction in metric ``col`` (``metric_test_r2`` → 0,
+    ROC-AUC → 0.5, accuracy → the majority-class rate of ``y_test``); None when unknown."""
+    metric = col.rsplit("test_", 1)[-1]
+    if metric in ("r2", "roc_auc", "roc_auc_ovr"):
+        return 0.0 if metric == "r2" else 0.5
+    if metric == "accuracy" and y_test is not None and len(np.asarray(y_test)):
+        return float(np.bincount(np.asarray(y_test).astype(np.int64).ravel()).max() / len(np.asarray(y_test)))
+    return None
+
+
 def direction(d: Mapping[str, float], higher: bool = True) -> str:
     """``"better"`` / ``"worse"`` (A against B) when the interval excludes 0, else ``"not separable"``."""
     low, high, tol = d.get("low", np.nan), d.get("high", np.nan), 1e-12  # tol: rounding, not evidence
@@ -331,4 +342,4 @@ class Evidence:
 
 
 __all__ = ["N_BOOT", "SPREAD_NOTE", "bootstrap_note", "weighted_metric", "paired_delta", "direction", "fmt_delta",
-           "rank_systems", "spread_delta", "rank_by_spread", "Evidence"]
+           "constant_score", "rank_systems", "spread_delta", "rank_by_spread", "Evidence"]

@@ -472,3 +472,9 @@ def write_folder(sample_or_dataset, path: str | Path, csv_name: str = "candidate
     csv_path = path / csv_name
     atomic_write_text(csv_path, frame.to_csv(index=False, float_format="%.17g"))
     return csv_path
+
+
+def export_folder(out_dir: str | Path, n_rows: int = 12000, **kwargs) -> Path:
+    """Write spacecraft as a CSV + PNG folder + spec file; returns the spec (``mmlib.data.export``)."""
+    from mmlib.data.export import export_spacecraft
+    return export_spacecraft(out_dir, n_rows=n_rows, **kwargs)

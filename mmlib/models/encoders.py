@@ -326,10 +326,15 @@ class PretrainedTextEncoder(nn.Module):
 
 
 # --------------------------------------------------------------------- builder
+from mmlib.models.sparse_text import SparseTextEncoder  # noqa: E402  (TF-IDF n-gram bag, arch "tfidf")
+from mmlib.models.pretrained import PretrainedImageEncoder  # noqa: E402  (EfficientNet-Lite0, arch "efficientnet")
+
 ENCODER_ARCHS: dict[str, dict[str, Any]] = {
     "tabular": {"mlp": TabularMLP},
-    "text": {"gru": TextGRU, "bigru": BiTextGRU, "bow": TextBagOfWords, "minilm": PretrainedTextEncoder},
-    "image": {"cnn_small": ImageCNN, "cnn_strided": ImageCNN, "cnn_wide": ImageCNN},
+    "text": {"gru": TextGRU, "bigru": BiTextGRU, "bow": TextBagOfWords, "minilm": PretrainedTextEncoder,
+             "tfidf": SparseTextEncoder},
+    "image": {"cnn_small": ImageCNN, "cnn_strided": ImageCNN, "cnn_wide": ImageCNN,
+              "efficientnet": PretrainedImageEncoder},
     "embedding": {"mlp": EmbeddingMLP},
 }
 DEFAULT_ARCH = {"tabular": "mlp", "text": "gru", "image": "cnn_strided", "embedding": "mlp"}
@@ -352,9 +357,11 @@ def _check_kwargs(cls: type, kw: dict[str, Any], fixed: set[str], what: str) -> 
 def build_encoder(modality: Any, arch: str | None = None, out_dim: int = 64, **kw: Any) -> nn.Module:
     """An encoder for ``modality`` (a ``mmlib.data.base.Modality``), sized from its info and tensors.
 
-    ``arch``: tabular "mlp"; text "gru" (default), "bigru", "bow" or "minilm" (a pretrained
-    transformer fine-tuned; ids from its own tokenizer); image "cnn_strided"
-    (default), "cnn_small" or "cnn_wide"; embedding "mlp". Extra keyword options go to the encoder class."""
+    ``arch``: tabular "mlp"; text "gru" (default), "bigru", "bow", "minilm" (a pretrained
+    transformer fine-tuned; ids from its own tokenizer) or "tfidf" (a TF-IDF n-gram bag,
+    ``mmlib.models.sparse_text``); image "cnn_strided"
+    (default), "cnn_small", "cnn_wide" or "efficientnet" (pretrained EfficientNet-Lite0,
+    ``mmlib.models.pretrained``); embedding "mlp". Extra keyword options go to the encoder class."""
     kind = modality.kind
     archs = ENCODER_ARCHS.get(kind)
     if archs is None:
@@ -376,6 +383,9 @@ def build_encoder(modality: Any, arch: str | None = None, out_dim: int = 64, **k
             cards = []
         _check_kwargs(cls, kw, {"num_dim", "cat_cardinalities", "out_dim"}, what)
         return cls(num_dim, cards, out_dim=out_dim, **kw)
+    if hasattr(cls, "from_modality"):  # an encoder that sizes itself from the modality (e.g. "tfidf")
+        _check_kwargs(cls, kw, {"vocab_size", "x_dim", "out_dim"}, what)
+        return cls.from_modality(modality, out_dim=out_dim, **kw)
     if kind == "text":
         vocab_size = int(info.get("vocab_size") or len(info.get("vocab") or []))
         tokens = t["tokens"]

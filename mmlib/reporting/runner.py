@@ -2,13 +2,18 @@
 
     python -m mmlib.reports --profile standard --datasets spacecraft clothing
     python -m mmlib.reports --profile smoke --notebooks 10 20 -p epochs=3
+    python -m mmlib.reports --data my_data/pets.toml     # your own data: a spec file (mmlib.data.spec)
+    python -m mmlib.reports --executor ray --workers 4       # the notebooks' training grids on Ray
     python -m mmlib.reports --list
 
 It refuses to run when tracked files outside ``reports/`` differ from the
 commit (the reports would match no commit): commit first, or pass
 ``--allow-dirty``, which runs anyway and marks those runs dirty in the index.
 ``--seed-offset K`` passes ``seed_offset=K`` to the notebooks (they add K to
-every training seed: an independent rerun on the same data). For each dataset
+every training seed: an independent rerun on the same data). ``--executor``,
+``--workers`` and ``--ray-address`` are passed to the notebooks that declare them
+(``executor``, ``workers``, ``ray_address``: where their grids of runs train, see
+``mmlib.training.executor``; default: the profile's ``executor``). For each dataset
 and notebook (``notebooks/NN_*.ipynb``, in order) it
 
 1. reads the notebook's ``parameters`` cell and refuses parameters it does not
@@ -207,8 +212,11 @@ def _render_html(nb: nbformat.NotebookNode, title: str, provenance: str) -> str:
 
 def run_notebook(nb_path: Path, dataset: str, declared: dict[str, Any], extras: dict[str, Any], *,
                  profile: str, device: str, out_dir: Path, notebooks_dir: Path, commit: str | None,
-                 html_output: bool = True, default_device: str | None = None, seed_offset: int = 0) -> NotebookResult:
-    """Execute one notebook for one dataset and publish its outputs (see the module doc)."""
+                 html_output: bool = True, default_device: str | None = None, seed_offset: int = 0,
+                 dataset_arg: str | None = None, scale_out: dict[str, Any] | None = None) -> NotebookResult:
+    """Execute one notebook for one dataset and publish its outputs (see the module doc).
+    ``dataset`` names the reports folder; ``dataset_arg`` (default: ``dataset``) is what the
+    notebook's ``dataset`` parameter receives, e.g. the path of a spec file."""
     name = nb_path.stem
     ds_dir = out_dir / dataset
     staging = ds_dir / f"{STAGING_PREFIX}{name}"
@@ -217,8 +225,9 @@ def run_notebook(nb_path: Path, dataset: str, declared: dict[str, Any], extras: 
     if staging.exists():
         shutil.rmtree(staging)  # leftover of an earlier failed run
     staging.mkdir(parents=True)
-    standard = {"dataset": dataset, "profile": profile, "device": device,
-                "out_dir": str(staging), "records_dir": str(out_dir), "seed_offset": seed_offset}
+    standard = {"dataset": dataset_arg or dataset, "profile": profile, "device": device,
+                "out_dir": str(staging), "records_dir": str(out_dir), "seed_offset": seed_offset,
+                **(scale_out or {})}  # executor / workers / ray_address, to the notebooks that declare them
     params = notebook_inputs(declared, standard, extras)
     t0 = time.perf_counter()
     try:
@@ -279,8 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--profile", choices=profile_names(), default="standard",
                     help="run size (see mmlib.training.profiles): smoke for tests, standard for the committed reports, "
                          "full for a GPU (default: %(default)s)")
-    ap.add_argument("--datasets", nargs="+", default=list(DEFAULT_DATASETS), metavar="NAME",
-                    help="datasets to run (default: %(default)s)")
+    ap.add_argument("--datasets", nargs="+", default=None, metavar="NAME",
+                    help=f"registered datasets to run (default: {' '.join(DEFAULT_DATASETS)}, or none when --data "
+                         "is given)")
+    ap.add_argument("--data", nargs="+", default=[], metavar="SPEC",
+                    help="dataset spec files (.toml, see mmlib.data.spec; or an embeddings .npz) to run, each into "
+                         "<out-dir>/<its name>/")
     ap.add_argument("--notebooks", nargs="+", default=None, metavar="NN",
                     help="notebook name prefixes, e.g. 00 10 (default: all, in order)")
     ap.add_argument("--out-dir", type=Path, default=REPORTS_DIR, help="reports folder (default: %(default)s)")
@@ -293,6 +306,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed-offset", type=int, default=0, metavar="K",
                     help="add K to every seed the notebooks use: an independent rerun on the same data and splits "
                          "(default: %(default)s)")
+    ap.add_argument("--executor", choices=("local", "ray"), default=None,
+                    help="where the notebooks' grids of runs train: local (one after the other) or ray "
+                         "(default: the profile's executor)")
+    ap.add_argument("--workers", type=int, default=0, metavar="N",
+                    help="runs at once on a local Ray instance (default: 0 = one per CPU)")
+    ap.add_argument("--ray-address", default=None, metavar="HOST:PORT",
+                    help="a Ray cluster to train on (default: $MMLIB_RAY_ADDRESS; none = a local Ray instance)")
     ap.add_argument("--allow-dirty", action="store_true",
                     help="run even though tracked files outside reports/ differ from the commit; "
                          "the runs are marked dirty in the index")
@@ -313,25 +333,37 @@ def _list(notebooks: Sequence[Path]) -> None:
             _say(f"    {left:<{width}}  # {p['help']}" if p["help"] else f"    {left}")
 
 
-def _check_datasets(datasets: Sequence[str]) -> None:
-    try:
-        from mmlib.data import available_datasets
-    except ImportError:  # the registry is not importable here; the notebooks will say what is wrong
-        return
+def _check_datasets(datasets: Sequence[str], specs: Sequence[str] = ()) -> list[tuple[str, str]]:
+    """(reports folder name, the notebooks' ``dataset`` parameter) per dataset: registered names,
+    and spec files (from ``--data``, or a path in ``--datasets``) checked here, before any run."""
+    from mmlib.data import available_datasets, read_spec, required_parameters
+    from mmlib.data.spec import is_spec_path
+
     known = available_datasets()
-    unknown = [d for d in datasets if d not in known]
+    paths = [*[d for d in datasets if is_spec_path(d)], *specs]
+    names = [d for d in datasets if not is_spec_path(d)]
+    unknown = [d for d in names if d not in known]
     if unknown:
-        raise MMLibError(f"unknown dataset(s) {', '.join(unknown)}. Available: {', '.join(known)}.")
-    # the notebooks load a dataset by its name alone: one whose loader needs arguments (your own
-    # files: folder, embeddings) would only fail inside the first notebook
-    from mmlib.data import required_parameters
-    needs = {d: required_parameters(d) for d in datasets}
+        raise MMLibError(f"unknown dataset(s) {', '.join(unknown)}. Available: {', '.join(known)}; your own data: "
+                         f"--data path/to/spec.toml.")
+    # a loader that needs arguments (your own files: folder, embeddings) gets them from a spec file
+    needs = {d: required_parameters(d) for d in names}
     needs = {d: r for d, r in needs.items() if r}
     if needs:
         what = "; ".join(f"{d!r} needs {', '.join(r)}" for d, r in needs.items())
-        raise MMLibError(f"dataset(s) {', '.join(needs)} need arguments the runner cannot pass to the notebooks "
-                         f"({what}). Load your own data from Python or a notebook with "
-                         f"mmlib.data.load_dataset(name, ...); the runner runs {', '.join(DEFAULT_DATASETS)}.")
+        raise MMLibError(f"dataset(s) {', '.join(needs)} need arguments ({what}): write them in a spec file "
+                         f"(name = \"mine\", loader = \"{next(iter(needs))}\", ...; see mmlib.data.spec) and pass "
+                         f"--data path/to/spec.toml.")
+    out = [(d, d) for d in names]
+    for p in paths:
+        spec = read_spec(p)
+        out.append((spec.name, str(spec.path)))
+    seen = Counter(name for name, _ in out)
+    twice = [n for n, c in seen.items() if c > 1]
+    if twice:
+        raise MMLibError(f"two datasets would write to the same reports folder: {', '.join(twice)} (give the spec "
+                         f"files different names).")
+    return out
 
 
 def _resolved_device(device: str) -> str:
@@ -351,9 +383,15 @@ def run(args: argparse.Namespace) -> int:
     if args.seed_offset < 0:
         raise MMLibError(f"--seed-offset must be a non-negative integer, got {args.seed_offset}.")
     get_profile(args.profile, seed_offset=args.seed_offset)
-    datasets = list(dict.fromkeys(args.datasets))
-    _check_datasets(datasets)
+    asked = args.datasets if args.datasets is not None else ([] if args.data else list(DEFAULT_DATASETS))
+    targets = _check_datasets(list(dict.fromkeys(asked)), list(dict.fromkeys(args.data)))
+    datasets = [name for name, _ in targets]
+    dataset_args = dict(targets)
     extras = parse_params(args.param)
+    if args.workers < 0:
+        raise MMLibError(f"--workers must be a non-negative integer (0 = one per CPU), got {args.workers}.")
+    scale_out = {"executor": args.executor or "", "workers": args.workers,
+                 "ray_address": args.ray_address or os.environ.get("MMLIB_RAY_ADDRESS", "")}
     # Check every notebook before running any: a typo should cost seconds, not a 15-minute run.
     declared = {nb: notebook_parameters(nb) for nb in notebooks}
     problems = []
@@ -396,7 +434,8 @@ def run(args: argparse.Namespace) -> int:
                 res = run_notebook(nb, dataset, declared[nb], extras, profile=args.profile, device=args.device,
                                    out_dir=out_dir, notebooks_dir=notebooks_dir, commit=commit,
                                    html_output=not args.no_html, default_device=default_device,
-                                   seed_offset=args.seed_offset)
+                                   seed_offset=args.seed_offset, dataset_arg=dataset_args[dataset],
+                                   scale_out=scale_out)
                 runs["runs"].setdefault(dataset, {})[nb.stem] = {
                     "status": res.status, "runtime_s": round(res.runtime_s, 2), "device": res.device,
                     "commit": commit, "dirty": bool(changed), "profile": args.profile,

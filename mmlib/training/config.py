@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,3 +135,37 @@ class FitResult:
                 "epochs": self.epochs_run, "train_time_s": round(self.train_time_s, 3),
                 "n_params": int(self.n_params.get("total", 0)), "device": self.device,
                 "stopped_early": self.stopped_early}
+
+
+# ------------------------------------------------------------------------ budget
+MIN_BATCH_SIZE = 32  # the batch-size cap never goes below this
+
+
+def size_budget(n_train: int, epochs: int, batch_size: int, patience: int | None = None,
+                min_steps: int | None = None, min_batches_per_epoch: int | None = None,
+                max_batches_per_epoch: int | None = None) -> dict[str, Any]:
+    """Training sizes for a train split of ``n_train`` rows (the rule of ``mmlib.training.profiles``).
+
+    1. Batch cap: with ``min_batches_per_epoch`` = k, the batch is at most the largest power of two
+       ≤ n_train / k (never below ``MIN_BATCH_SIZE``, never above ``batch_size``).
+    2. Step floor: when ``epochs`` × steps-per-epoch < ``min_steps``, epochs are raised to
+       ceil(min_steps / steps-per-epoch) and ``patience`` by the same factor (rounded up), so
+       early stopping still waits the same share of the run. ``epochs`` is then a maximum:
+       early stopping decides the end.
+
+    Returns ``{"epochs", "batch_size", "patience", "steps_per_epoch", "steps"}`` (``steps`` = the
+    budget, epochs × steps-per-epoch). ``None`` for either knob switches that part off."""
+    n = int(n_train)
+    bs = int(batch_size)
+    if min_batches_per_epoch and n > 0:
+        cap = 2 ** int(math.floor(math.log2(max(1, n // int(min_batches_per_epoch)))))
+        bs = min(bs, max(MIN_BATCH_SIZE, cap))
+    steps = max(1, math.ceil(n / bs))
+    if max_batches_per_epoch:
+        steps = max(1, min(steps, int(max_batches_per_epoch)))
+    ep, pat = int(epochs), patience
+    if min_steps and ep * steps < int(min_steps):
+        ep = math.ceil(int(min_steps) / steps)
+        if pat is not None:
+            pat = math.ceil(int(pat) * ep / int(epochs))
+    return {"epochs": ep, "batch_size": bs, "patience": pat, "steps_per_epoch": steps, "steps": ep * steps}

@@ -23,6 +23,7 @@ from mmlib.models import MultimodalModel, build_model
 from mmlib.analysis.planted import has_planted_structure, planted_recovery
 from mmlib.reporting.records import RecordWriter, make_record, records_to_frame
 from mmlib.training import runcache
+from mmlib.training.config import size_budget
 from mmlib.training.trainer import FitResult, TrainConfig, Trainer
 from mmlib.utils import MMLibError, set_seeds
 
@@ -42,17 +43,30 @@ class RunResult:
     fit: FitResult
     metrics: dict[str, dict[str, float]]  # split -> {metric: value}
     record: dict[str, Any]
+    test_predictions: Any = None  # the test-split predictions (None when test was not evaluated)
+    fields: dict[str, Any] | None = None  # the record's fields before the writer's provenance (record_fields)
 
 
-def train_config_from_profile(profile: Mapping[str, Any], **overrides: Any) -> TrainConfig:
+def train_config_from_profile(profile: Mapping[str, Any], n_train: int | None = None, **overrides: Any) -> TrainConfig:
     """A ``TrainConfig`` sized by a run profile (``epochs``, ``patience``, ``batch_size``,
     ``max_batches_per_epoch``), with ``overrides`` for any TrainConfig field. An
-    unknown field is an error naming the valid ones."""
+    unknown field is an error naming the valid ones.
+
+    With ``n_train`` (rows of the train split) the profile's size rule applies
+    (``mmlib.training.config.size_budget``: ``min_batches_per_epoch`` caps the batch,
+    ``min_steps`` raises epochs and patience), so a small dataset gets as many optimizer
+    steps as a large one; an explicit ``epochs`` / ``batch_size`` / ``patience`` override wins."""
     valid = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(overrides) - valid)
     if unknown:
         raise MMLibError(f"Unknown training option(s) {unknown}. TrainConfig fields: {', '.join(sorted(valid))}.")
     cfg = {field: profile[key] for key, field in PROFILE_TO_TRAIN.items() if key in profile}
+    if n_train is not None and "epochs" in cfg and "batch_size" in cfg:
+        sized = size_budget(int(n_train), cfg["epochs"], cfg["batch_size"], cfg.get("patience"),
+                            min_steps=profile.get("min_steps"),
+                            min_batches_per_epoch=profile.get("min_batches_per_epoch"),
+                            max_batches_per_epoch=cfg.get("max_batches_per_epoch"))
+        cfg.update({k: sized[k] for k in ("epochs", "batch_size", "patience") if k in cfg})
     cfg.update(overrides)
     return TrainConfig.from_dict(cfg)
 
@@ -67,24 +81,79 @@ def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
 
 
+def record_fields(model: Any, fit: FitResult, metrics: Mapping[str, Mapping[str, float]], *, experiment: str,
+                  model_name: str, fusion: str, modalities: Sequence[str], condition: str, seed: int,
+                  extra: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of one trained model's record (metrics ``{split: {name: value}}`` flattened to
+    ``<split>_<name>``, modalities sorted, parameters, time, epochs, device): JSON-safe, so a
+    worker of another process can send them back."""
+    counts = model.param_counts()
+    return dict(experiment=experiment, model=model_name, fusion=fusion, modalities=sorted(modalities),
+                condition=condition, seed=int(seed),
+                metrics={f"{s}_{k}": float(v) for s, ms in metrics.items() for k, v in ms.items()},
+                n_params=int(counts["total"]), train_time_s=float(fit.train_time_s), epochs=int(fit.epochs_run),
+                device=str(fit.device),
+                extra=_jsonable({**dict(extra), "n_params_by_branch": {k: int(v) for k, v in counts.items()}}))
+
+
+def add_record(fields: Mapping[str, Any], *, writer: RecordWriter | None, notebook: str, dataset: str,
+               predictions: Any = None, y_test: Any = None) -> dict[str, Any]:
+    """Add ``record_fields`` to ``writer`` when given (with the test ``predictions`` and their
+    targets ``y_test``, kept beside the records for paired comparisons), else make the record stand-alone."""
+    if writer is not None:
+        return writer.add(**fields, predictions=predictions, y_test=y_test)
+    return make_record(notebook=notebook, dataset=dataset, **fields)
+
+
 def record_run(model: Any, fit: FitResult, metrics: Mapping[str, Mapping[str, float]], *, writer: RecordWriter | None,
                notebook: str, dataset: str, experiment: str, model_name: str, fusion: str, modalities: Sequence[str],
                condition: str, seed: int, extra: Mapping[str, Any], predictions: Any = None,
                y_test: Any = None) -> dict[str, Any]:
-    """The result record of one trained model (metrics ``{split: {name: value}}`` flattened to
-    ``<split>_<name>``, modalities sorted, parameters, time, epochs, device); added to
-    ``writer`` when given (with its test ``predictions`` and their targets ``y_test``, kept
-    beside the records for paired comparisons), else made stand-alone."""
-    counts = model.param_counts()
-    fields = dict(experiment=experiment, model=model_name, fusion=fusion, modalities=sorted(modalities),
-                  condition=condition, seed=int(seed),
-                  metrics={f"{s}_{k}": float(v) for s, ms in metrics.items() for k, v in ms.items()},
-                  n_params=int(counts["total"]), train_time_s=float(fit.train_time_s), epochs=int(fit.epochs_run),
-                  device=str(fit.device),
-                  extra=_jsonable({**dict(extra), "n_params_by_branch": {k: int(v) for k, v in counts.items()}}))
-    if writer is not None:
-        return writer.add(**fields, predictions=predictions, y_test=y_test)
-    return make_record(notebook=notebook, dataset=dataset, **fields)
+    """The result record of one trained model (``record_fields``); added to ``writer`` when
+    given (with its test ``predictions`` and their targets ``y_test``), else made stand-alone."""
+    fields = record_fields(model, fit, metrics, experiment=experiment, model_name=model_name, fusion=fusion,
+                           modalities=modalities, condition=condition, seed=seed, extra=extra)
+    return add_record(fields, writer=writer, notebook=notebook, dataset=dataset, predictions=predictions, y_test=y_test)
+
+
+@dataclass
+class _Prepared:
+    mods: list[str]
+    model_kwargs: dict[str, Any]
+    train_kwargs: dict[str, Any]
+    model: MultimodalModel
+    trainer: Trainer
+    spec: dict[str, Any]
+
+
+def _prepare(dataset: MultimodalDataset, fusion: str, modalities: Sequence[str] | None, seed: int,
+             profile: Mapping[str, Any], model_kwargs: Mapping[str, Any] | None, train_kwargs: Mapping[str, Any] | None,
+             device: str, progress: bool) -> _Prepared:
+    """Seed, build the model and its Trainer (nothing trained yet); ``spec`` keys the run cache."""
+    mods = list(modalities) if modalities is not None else list(dataset.modality_names)
+    model_kwargs = dict(model_kwargs or {})
+    train_kwargs = dict(train_kwargs or {})
+    for key in ("fusion", "modalities"):
+        if key in model_kwargs:
+            raise MMLibError(f"run_fusion: pass {key!r} as its own argument, not inside model_kwargs.")
+    train_kwargs.setdefault("progress", progress)
+    if profile.get("image_arch"):  # the profile picks the image encoder unless the caller did
+        archs = dict(model_kwargs.get("encoder_archs") or {})
+        for m in mods:
+            if dataset.modalities[m].kind == "image":
+                archs.setdefault(m, profile["image_arch"])
+        if archs:
+            model_kwargs["encoder_archs"] = archs
+    config = train_config_from_profile(profile, n_train=len(dataset.splits["train"]), seed=int(seed), device=device,
+                                       **train_kwargs)
+
+    set_seeds(int(seed), deterministic=bool(getattr(config, "deterministic", False)))
+    model = build_model(dataset, fusion=fusion, modalities=mods, **model_kwargs)
+    trainer = Trainer(model, dataset, config)
+    spec = {"fusion": fusion, "modalities": mods, "model_kwargs": _jsonable(model_kwargs),
+            "train": {k: v for k, v in config.to_dict().items() if k not in ("progress", "device", "checkpoint_path")},
+            "device": str(trainer.device) if hasattr(trainer, "device") else device}
+    return _Prepared(mods, model_kwargs, train_kwargs, model, trainer, spec)
 
 
 def run_fusion(dataset: MultimodalDataset, fusion: str, modalities: Sequence[str] | None, seed: int,
@@ -106,30 +175,13 @@ def run_fusion(dataset: MultimodalDataset, fusion: str, modalities: Sequence[str
     - The record (``model`` = ``model_name`` or ``default_model_name``, modalities
       sorted, total parameters, train time, epochs run, device) is added to ``writer``
       if one is given, and returned in ``RunResult.record`` either way.
+    - Under ``torchrun`` (``mmlib.training.distributed``) the Trainer trains with DDP; such a
+      run neither reads nor writes the run cache.
     """
-    mods = list(modalities) if modalities is not None else list(dataset.modality_names)
-    model_kwargs = dict(model_kwargs or {})
-    train_kwargs = dict(train_kwargs or {})
-    for key in ("fusion", "modalities"):
-        if key in model_kwargs:
-            raise MMLibError(f"run_fusion: pass {key!r} as its own argument, not inside model_kwargs.")
-    train_kwargs.setdefault("progress", progress)
-    if profile.get("image_arch"):  # the profile picks the image encoder unless the caller did
-        archs = dict(model_kwargs.get("encoder_archs") or {})
-        for m in mods:
-            if dataset.modalities[m].kind == "image":
-                archs.setdefault(m, profile["image_arch"])
-        if archs:
-            model_kwargs["encoder_archs"] = archs
-    config = train_config_from_profile(profile, seed=int(seed), device=device, **train_kwargs)
-
-    set_seeds(int(seed), deterministic=bool(getattr(config, "deterministic", False)))
-    model = build_model(dataset, fusion=fusion, modalities=mods, **model_kwargs)
-    trainer = Trainer(model, dataset, config)
-    spec = {"fusion": fusion, "modalities": mods, "model_kwargs": _jsonable(model_kwargs),
-            "train": {k: v for k, v in config.to_dict().items() if k not in ("progress", "device", "checkpoint_path")},
-            "device": str(trainer.device) if hasattr(trainer, "device") else device}
-    key = runcache.run_key(dataset, spec) if runcache.enabled() else None
+    prep = _prepare(dataset, fusion, modalities, seed, profile, model_kwargs, train_kwargs, device, progress)
+    model, trainer, mods = prep.model, prep.trainer, prep.mods
+    use_cache = runcache.enabled() and getattr(trainer, "dist", None) is None
+    key = runcache.run_key(dataset, prep.spec) if use_cache else None
     hit = runcache.load(key) if key else None
     if hit is not None:
         model.load_state_dict(hit["state_dict"])
@@ -149,31 +201,91 @@ def run_fusion(dataset: MultimodalDataset, fusion: str, modalities: Sequence[str
         metrics["test"].update(planted_recovery(dataset, dataset.splits["test"], test_pred))
 
     extra = {"best_epoch": fit.best_epoch, "best_val": fit.best_val, "stopped_early": fit.stopped_early,
-             "model_kwargs": model_kwargs, "train_kwargs": {k: v for k, v in train_kwargs.items() if k != "progress"},
+             "model_kwargs": prep.model_kwargs,
+             "train_kwargs": {k: v for k, v in prep.train_kwargs.items() if k != "progress"},
              "cached": hit is not None, **dict(extra or {})}
-    record = record_run(model, fit, metrics, writer=writer, notebook=notebook, dataset=dataset.name,
-                        experiment=experiment, model_name=model_name or default_model_name(fusion, mods),
-                        fusion=fusion, modalities=mods, condition=condition, seed=seed, extra=extra,
-                        predictions=test_pred,
+    fields = record_fields(model, fit, metrics, experiment=experiment,
+                           model_name=model_name or default_model_name(fusion, mods), fusion=fusion, modalities=mods,
+                           condition=condition, seed=seed, extra=extra)
+    record = add_record(fields, writer=writer, notebook=notebook, dataset=dataset.name, predictions=test_pred,
                         y_test=None if test_pred is None else dataset.target[dataset.splits["test"]].numpy())
-    return RunResult(model=model, trainer=trainer, fit=fit, metrics=metrics, record=record)
+    return RunResult(model=model, trainer=trainer, fit=fit, metrics=metrics, record=record,
+                     test_predictions=test_pred, fields=fields)
+
+
+def restore_run(dataset: MultimodalDataset, call: Mapping[str, Any], trained: Mapping[str, Any]) -> RunResult:
+    """The ``RunResult`` of a run another process trained (``mmlib.training.executor``): the model
+    and its Trainer rebuilt here with the trained weights, the record made from the worker's fields
+    and added to ``call["writer"]`` exactly as ``run_fusion`` would have."""
+    c = dict(call)
+    prep = _prepare(dataset, c["fusion"], c.get("modalities"), c["seed"], c["profile"], c.get("model_kwargs"),
+                    c.get("train_kwargs"), c.get("device", "auto"), c.get("progress", True))
+    prep.model.load_state_dict(trained["state_dict"])
+    fit = dataclasses.replace(trained["fit"], trainer=prep.trainer)
+    prep.trainer._fit_called = True
+    pred = trained.get("test_predictions")
+    record = add_record(trained["fields"], writer=c.get("writer"), notebook=c["notebook"], dataset=dataset.name,
+                        predictions=pred,
+                        y_test=None if pred is None else dataset.target[dataset.splits["test"]].numpy())
+    return RunResult(model=prep.model, trainer=prep.trainer, fit=fit, metrics=trained["metrics"], record=record,
+                     test_predictions=pred, fields=trained["fields"])
+
+
+def _resolve_executor(executor: Any, workers: int, ray_address: str | None, profile: Mapping[str, Any] | None) -> Any:
+    from mmlib.training.executor import get_executor
+
+    if executor not in (None, ""):
+        return get_executor(executor, workers=workers, ray_address=ray_address)
+    # the profile's default: Ray where it measured faster, local when no Ray instance can start
+    return get_executor((profile or {}).get("executor") or "local", workers=workers, ray_address=ray_address,
+                        fallback_local=True)
 
 
 def run_over_seeds(dataset: MultimodalDataset, fusion: str, modalities: Sequence[str] | None, seeds: Iterable[int],
-                   progress: bool = True, **kwargs: Any) -> list[RunResult]:
+                   progress: bool = True, executor: Any = None, workers: int = 0, ray_address: str | None = None,
+                   **kwargs: Any) -> list[RunResult]:
     """``run_fusion`` once per seed (same arguments otherwise); a progress bar over the
-    seeds unless ``progress=False`` (which also silences the trainer's bar)."""
+    seeds unless ``progress=False`` (which also silences the trainer's bar).
+
+    ``executor``: ``"local"`` (one run after the other, here), ``"ray"`` (``workers`` runs at
+    once on a local Ray instance, or on the cluster at ``ray_address`` / ``MMLIB_RAY_ADDRESS``),
+    an ``mmlib.training.executor.Executor``, or None: the profile's ``executor``. Results
+    and records come back in seed order either way."""
+    return run_grid(dataset, [dict(fusion=fusion, modalities=modalities)], seeds, progress=progress,
+                    executor=executor, workers=workers, ray_address=ray_address, **kwargs)[0]
+
+
+def run_grid(dataset: MultimodalDataset, grid: Sequence[Mapping[str, Any]], seeds: Iterable[int],
+             progress: bool = True, executor: Any = None, workers: int = 0, ray_address: str | None = None,
+             **common: Any) -> list[list[RunResult]]:
+    """Every configuration of ``grid`` over every seed, submitted to one executor at once.
+
+    Each entry of ``grid`` is a dict of ``run_fusion`` arguments (``fusion``, ``modalities``,
+    ``model_name``, ``experiment``, ``model_kwargs``, ...) on top of ``common``. Returns one
+    list of ``RunResult`` per entry, in grid order, seeds in order; records are added to
+    ``writer`` in that order too, whichever executor trained them (see ``run_over_seeds``)."""
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise MMLibError("run_over_seeds: no seeds given (the profile's `seeds` list is empty?).")
-    it: Iterable[int] = seeds
-    if progress and len(seeds) > 1:
-        from tqdm.auto import tqdm
+    if "seed" in common or any("seed" in g for g in grid):
+        raise MMLibError("run_grid: the seeds are its own argument, not part of a configuration.")
+    ex = _resolve_executor(executor, workers, ray_address, common.get("profile"))
+    configs = [{"modalities": None, **common, **dict(g)} for g in grid]
+    if ex.name != "local":
+        calls = [{**c, "seed": s, "progress": False} for c in configs for s in seeds]
+        flat = ex.run(dataset, calls)
+        return [flat[i * len(seeds):(i + 1) * len(seeds)] for i in range(len(configs))]
+    out = []
+    for c in configs:
+        it: Iterable[int] = seeds
+        if progress and len(seeds) > 1:
+            from tqdm.auto import tqdm
 
-        mods = list(modalities) if modalities is not None else list(dataset.modality_names)
-        name = kwargs.get("model_name") or default_model_name(fusion, mods)
-        it = tqdm(seeds, desc=f"{name} over seeds", leave=False)
-    return [run_fusion(dataset, fusion, modalities, seed, progress=progress, **kwargs) for seed in it]
+            mods = list(c["modalities"]) if c.get("modalities") is not None else list(dataset.modality_names)
+            name = c.get("model_name") or default_model_name(c["fusion"], mods)
+            it = tqdm(seeds, desc=f"{name} over seeds", leave=False)
+        out.append([ex.run(dataset, [{**c, "seed": s, "progress": progress}])[0] for s in it])
+    return out
 
 
 # ------------------------------------------------------------------------ tables
@@ -230,5 +342,5 @@ def summary_table(records: pd.DataFrame | Iterable[Mapping[str, Any]], by: Seque
     return out.round(digits)
 
 
-__all__ = ["RunResult", "train_config_from_profile", "default_model_name", "record_run", "run_fusion", "run_over_seeds",
-           "summary_table", "PROFILE_TO_TRAIN"]
+__all__ = ["RunResult", "train_config_from_profile", "default_model_name", "record_fields", "add_record", "record_run",
+           "run_fusion", "restore_run", "run_over_seeds", "run_grid", "summary_table", "PROFILE_TO_TRAIN"]

@@ -7,12 +7,14 @@ task        metrics (``y_pred``)
 =========== ==============================================================
 regression  r2, rmse, mae, smape (percent)            (predicted values [n])
 binary      accuracy, f1, roc_auc, pr_auc, log_loss   (P(class 1) [n], or [n, 2])
-multiclass  accuracy, macro_f1, log_loss              (class probabilities [n, C])
+multiclass  accuracy, macro_f1, roc_auc_ovr, log_loss (class probabilities [n, C])
 =========== ==============================================================
 
 Degenerate input (an empty split, a single class in ``y_true``, a constant target,
 non-finite predictions) never raises: the metrics that are undefined come back as
-NaN and a ``MetricWarning`` says why.
+NaN and a ``MetricWarning`` says why. ``roc_auc_ovr`` is the macro one-vs-rest ROC-AUC
+(each class against the rest, averaged with equal weight); it needs probabilities and
+every class present in ``y_true``, else it is NaN.
 """
 from __future__ import annotations
 
@@ -29,10 +31,11 @@ from mmlib.utils import MMLibError
 METRIC_NAMES = {
     "regression": ("r2", "rmse", "mae", "smape"),
     "binary": ("accuracy", "f1", "roc_auc", "pr_auc", "log_loss"),
-    "multiclass": ("accuracy", "macro_f1", "log_loss"),
+    "multiclass": ("accuracy", "macro_f1", "roc_auc_ovr", "log_loss"),
 }
 _HIGHER_BETTER = {"r2": True, "rmse": False, "mae": False, "smape": False, "accuracy": True, "f1": True,
-                  "roc_auc": True, "pr_auc": True, "log_loss": False, "macro_f1": True, "loss": False}
+                  "roc_auc": True, "pr_auc": True, "log_loss": False, "macro_f1": True, "roc_auc_ovr": True,
+                  "loss": False}
 _EPS = 1e-15  # probability clipping for log-loss
 
 
@@ -137,8 +140,9 @@ def _multiclass(y: np.ndarray, p: np.ndarray, n_classes: int | None) -> dict[str
         "macro_f1": float(skm.f1_score(y, hard, average="macro", zero_division=0)),
     }
     if proba is None:
-        _warn("compute_metrics(multiclass): got class labels, not probabilities, so log_loss is NaN.")
-        out["log_loss"] = float("nan")
+        _warn("compute_metrics(multiclass): got class labels, not probabilities, so log_loss and roc_auc_ovr "
+              "are NaN.")
+        out["log_loss"] = out["roc_auc_ovr"] = float("nan")
     else:
         c = n_classes or proba.shape[1]
         if proba.shape[1] != c or y.max() >= c or y.min() < 0:
@@ -147,9 +151,17 @@ def _multiclass(y: np.ndarray, p: np.ndarray, n_classes: int | None) -> dict[str
         if proba.min() < 0 or proba.max() > 1:
             raise MMLibError("compute_metrics(multiclass): predictions must be probabilities in [0, 1]; "
                              "apply a softmax to logits first.")
-        proba = np.clip(proba, _EPS, 1.0)
-        proba = proba / proba.sum(axis=1, keepdims=True)
-        out["log_loss"] = float(skm.log_loss(y, proba, labels=list(range(c))))
+        clipped = np.clip(proba, _EPS, 1.0)
+        clipped = clipped / clipped.sum(axis=1, keepdims=True)
+        out["log_loss"] = float(skm.log_loss(y, clipped, labels=list(range(c))))
+        if len(np.unique(y)) < c:
+            _warn(f"compute_metrics(multiclass): y_true holds {len(np.unique(y))} of {c} classes over {len(y)} "
+                  "row(s); the one-vs-rest ROC-AUC needs every class, so roc_auc_ovr is NaN.")
+            out["roc_auc_ovr"] = float("nan")
+        else:
+            # each class against the rest on the probabilities as given (renormalising would break their ties
+            # by float noise, and sklearn's multi_class="ovr" rejects float32 softmax rows that miss 1 by 1e-7)
+            out["roc_auc_ovr"] = float(np.mean([skm.roc_auc_score(y == k, proba[:, k]) for k in range(c)]))
     return {k: out[k] for k in METRIC_NAMES["multiclass"]}
 
 

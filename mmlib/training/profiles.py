@@ -13,6 +13,23 @@ one place. ``get_profile`` adds two keys that say which profile this is:
 ``name`` and ``seed_offset`` (``seed_offset=K`` adds K to ``seeds``: an
 independent rerun of the same study with other seeds, on the same data and splits).
 
+**Budgets in optimizer steps.** ``epochs`` / ``batch_size`` / ``patience`` are what a large
+dataset gets; where a profile becomes a ``TrainConfig`` for a dataset
+(``train_config_from_profile(profile, n_train=...)``, which ``run_fusion`` calls with the
+train split's size) the rule of ``mmlib.training.config.size_budget`` applies: first the batch
+is capped to ≤ n_train / ``min_batches_per_epoch`` (a power of two, at least 32), then epochs
+are raised until epochs × steps ≥ ``min_steps`` (patience scaled alike). Standard profile:
+``min_steps`` 390, so both built-in datasets keep their budgets (spacecraft 8,400 train rows:
+batch 256, 33 steps × 12 epochs = 396; clothing 16,440 rows: 65 × 12 = 780) and a 1,500-row
+dataset (1,050 train rows) gets batch 64, 17 steps per epoch, at most 23 epochs, patience 8
+(measured, early fusion, 3 seeds: test R² 0.600/0.668/0.662 under the old 60 steps →
+0.775/0.766/0.753; one seed stopped early, two still improved a little at epoch 23). 780 steps
+converge all three seeds there (0.784/0.787/0.751) but double spacecraft's epochs for no
+measured gain (seed 0 early fusion 0.939 → 0.937) and its report time: raise ``min_steps``
+with ``get_profile("standard", min_steps=780)`` for small data. Full: ``min_steps`` 1600 leaves
+both datasets as they were (60 epochs).
+Smoke switches the rule off.
+
 | key | meaning |
 |---|---|
 | ``seeds`` | seeds each experiment runs over (mean ± std is over these) |
@@ -21,13 +38,17 @@ independent rerun of the same study with other seeds, on the same data and split
 | ``patience`` | early-stopping patience in epochs; ``None`` = no early stopping |
 | ``batch_size`` | training batch size |
 | ``max_batches_per_epoch`` | cap on batches per epoch (smoke only); ``None`` = full epochs |
+| ``min_steps`` | training budget floor in optimizer steps: when ``epochs`` × steps-per-epoch is below it, ``epochs`` is raised to reach it and ``patience`` by the same factor (early stopping still decides the end); ``None`` = off |
+| ``min_batches_per_epoch`` | batch-size cap for small data: the batch is at most the largest power of two ≤ train rows / this (never below 32, never above ``batch_size``); ``None`` = off |
 | ``noise_levels`` | corruption strengths for robustness curves (0 = clean, 1 = signal fully replaced) |
 | ``catboost_iterations`` | boosting rounds for the CatBoost baselines |
 | ``catboost_text_iterations`` | boosting rounds for CatBoost with text features (much slower per round) |
 | ``image_arch`` | image encoder of the notebooks' models (``cnn_strided`` is fast on a CPU; ``cnn_wide`` recovers the image part best, for a GPU) |
+| ``image_encoder`` | the pretrained image branch the notebooks add next to the scratch CNNs (datasets with images): ``"efficientnet"`` = frozen EfficientNet-Lite0 ImageNet features at 128 px, computed once per dataset and cached (``spacecraft``'s 12,000 images: 16 min on one thread of a busy 2-core CPU, 81 s per 1,000; an MLP head reads them), ``"efficientnet_finetune"`` = the backbone inside the model, fine-tuned at 1/100 of ``lr`` (a GPU job: 3.4M backbone parameters) |
 | ``image_size`` | side of the square images, in pixels |
 | ``lr`` / ``weight_decay`` | AdamW learning rate (peak of the OneCycle schedule) and weight decay |
-| ``text_encoder`` | how a real text is given to the models (loaders that offer a choice: ``clothing``): ``"minilm"`` = frozen MiniLM sentence embeddings (an MLP reads them: ~4 s per model on ``clothing`` on a 2-core CPU), ``"gru"`` = word tokens for a GRU trained from scratch (~30 s per model there), ``"minilm_finetune"`` = MiniLM's own word pieces into the MiniLM transformer, fine-tuned end to end at 1/100 of ``lr`` (a GPU job: ~22M parameters per model); ``spacecraft``'s captions are always tokens |
+| ``executor`` | where the notebooks' grids of runs train when the runner / notebook does not say: ``"local"`` (one run after the other) or ``"ray"`` (``mmlib.training.executor``). ``standard``: ``ray``, measured faster on a 2-core CPU (notebook 40's grid on spacecraft, 24 runs: 387 s on Ray with 2 workers × 1 thread against 581 s locally, 1.50×); if no Ray instance can start, the runs train locally with a warning. ``smoke``: ``local`` (the tests' tiny runs; Ray has its own tests). ``full``: ``local`` (a GPU: a Ray task asks for no GPU unless ``MMLIB_RAY_GPUS_PER_RUN`` says so, and GPU sharing was not measured) |
+| ``text_encoder`` | how a real text is given to the models (loaders that offer a choice: ``clothing``): ``"minilm"`` = frozen MiniLM sentence embeddings (an MLP reads them: ~4 s per model on ``clothing`` on a 2-core CPU), ``"gru"`` = word tokens for a GRU trained from scratch (~30 s per model there), ``"minilm_finetune"`` = MiniLM's own word pieces into the MiniLM transformer, fine-tuned end to end at 1/100 of ``lr`` (a GPU job: ~22M parameters per model), ``"tfidf"`` / ``"minilm+tfidf"`` = a sparse TF-IDF bag of word 1-2-grams read by an EmbeddingBag (``mmlib.models.sparse_text``), alone or beside the frozen MiniLM embedding in the same modality; ``spacecraft``'s captions are always tokens |
 """
 from __future__ import annotations
 
@@ -50,10 +71,14 @@ PROFILES: dict[str, dict[str, Any]] = {
         "catboost_iterations": 50,
         "catboost_text_iterations": 20,
         "image_size": 32,
+        "image_encoder": "efficientnet",
         "image_arch": "cnn_strided",
         "text_encoder": "minilm",
         "lr": 0.006,
         "weight_decay": 0.0,
+        "executor": "local",
+        "min_steps": None,
+        "min_batches_per_epoch": None,
     },
     # The committed reports: 3 seeds, full datasets; ~15-20 min per dataset on a 2-core CPU.
     "standard": {
@@ -67,10 +92,14 @@ PROFILES: dict[str, dict[str, Any]] = {
         "catboost_iterations": 500,
         "catboost_text_iterations": 200,
         "image_size": 32,
+        "image_encoder": "efficientnet",
         "image_arch": "cnn_strided",
         "text_encoder": "minilm",
         "lr": 0.006,
         "weight_decay": 0.0,
+        "executor": "ray",
+        "min_steps": 390,
+        "min_batches_per_epoch": 16,
     },
     # One GPU: 5 seeds, longer training, bigger images, finer robustness curves.
     "full": {
@@ -84,10 +113,14 @@ PROFILES: dict[str, dict[str, Any]] = {
         "catboost_iterations": 2000,
         "catboost_text_iterations": 1000,
         "image_size": 64,
+        "image_encoder": "efficientnet_finetune",
         "image_arch": "cnn_wide",
         "text_encoder": "minilm_finetune",
         "lr": 0.006,
         "weight_decay": 0.0,
+        "executor": "local",
+        "min_steps": 1600,
+        "min_batches_per_epoch": 16,
     },
 }
 

@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from mmlib.training.callbacks import Callback, EarlyStopping, ModalityBalancing, ModalityTracking, ProgressBar
+from mmlib.training import distributed
 from mmlib.training.checkpoint import Checkpointing
 from mmlib.training.config import FitResult, TrainConfig
 from mmlib.training.objectives import Objective
@@ -81,6 +82,7 @@ class Trainer:
         self.objective = objective or SupervisedObjective(dataset, cfg.loss, cfg.loss_options,
                                                           standardize=cfg.standardize_target)
         self.model = model.to(self.device)
+        self.dist = distributed.current()  # under torchrun: DDP (mmlib.training.distributed); else None
         self.precision = Precision(cfg.amp, self.device)
         self.objective.setup(self)
         self.optimizer = build_optimizer(self.model, cfg)
@@ -97,13 +99,18 @@ class Trainer:
         if cfg.track_modalities:
             self._supervised_only("track_modalities")
             self.callbacks.insert(0, ModalityTracking())
-        if cfg.checkpoint_path:
-            self.callbacks.append(Checkpointing(cfg.checkpoint_path, cfg.resume))
+        if cfg.checkpoint_path:  # under DDP only rank 0 writes it
+            ckpt = Checkpointing if self.dist is None or self.dist.is_main else distributed.ResumeOnlyCheckpointing
+            self.callbacks.append(ckpt(cfg.checkpoint_path, cfg.resume))
+        if self.dist is not None:  # rank 0 decides early stopping, right after it has looked at the epoch
+            self.callbacks.insert(self.callbacks.index(self.early_stopping) + 1, distributed.DistributedSync(self.dist))
         self.callbacks.extend(callbacks)
         for cb in self.callbacks:  # a callback may refuse this model early (e.g. OGM-GE without branches)
             if isinstance(cb, ModalityBalancing):
                 cb.on_fit_start(self)
         self.shuffle_gen = torch.Generator().manual_seed(cfg.seed)
+        # the module the training steps call: the model itself, or its DDP wrapper (all-reduced gradients)
+        self.train_model = self.model if self.dist is None else self.dist.wrap(self.model, self.device, cfg)
         self.history: list[dict[str, Any]] = []
         self.result: FitResult | None = None
         self.stop, self.start_epoch, self.time_before, self._t0 = False, 1, 0.0, 0.0
@@ -189,8 +196,10 @@ class Trainer:
             for step, batch in enumerate(obj.train_batches(cfg.batch_size, self.shuffle_gen)):
                 if step >= self.steps_per_epoch:
                     break
+                if self.dist is not None:  # every rank trains on its shard of the global batch
+                    batch = self.dist.shard(batch)
                 with self.precision.autocast():
-                    loss, out = obj.training_step(self.model, batch)
+                    loss, out = obj.training_step(self.train_model, batch)
                     for cb in self.callbacks:
                         loss = cb.on_loss(self, out, batch, loss)
                 loss_value = float(loss.detach())  # one sync per step: the NaN guard needs it
