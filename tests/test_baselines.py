@@ -75,7 +75,9 @@ def test_tfidf_runs_on_fixture(target):
     assert res["alpha"] in (1.0, 3.0)
     assert res["n_features"] > res["n_tfidf_terms"] + 2 + 5  # + 2 numbers, one-hots, 5 embedding dims
     assert res["n_params"] >= res["n_features"]
-    assert all(math.isfinite(v) for v in res["val"].values())
+    # one-vs-rest AUC is NaN (with a MetricWarning) when a class is absent from the 6-row split
+    ovr_defined = len(set(ds.target[ds.splits["val"]].tolist())) == ds.n_classes if target == "Rating_class" else True
+    assert all(math.isfinite(v) for k, v in res["val"].items() if k != "roc_auc_ovr" or ovr_defined)
     preds = tfidf_linear_baseline(ds, alpha=1.0, return_predictions=True)["predictions"]
     assert len(preds["test"]) == len(ds.splits["test"])
 
