@@ -230,7 +230,23 @@ def _drops(untrained_tabular: bool):
 
 def test_q3_never_presents_an_untrained_path_as_a_finding():
     q3 = _q(_build(_systems(1.0, 0.5) + _drops(untrained_tabular=True)), 3)
-    assert "Not findings: tabular:mask" in q3.text and "worst case is **text:mask**" in q3.text
+    assert "Not findings: tabular:mask" in q3.text and "worst case is **text:mask** (" in q3.text
     assert bool(q3.table.loc["tabular:mask", "untrained_path"])
     q3 = _q(_build(_systems(1.0, 0.5) + _drops(untrained_tabular=False)), 3)
     assert "Not findings" not in q3.text and "worst case is **tabular:mask**" in q3.text
+
+
+def test_q3_names_a_tied_worst_case_by_the_modality_it_removes():
+    """Two ways of removing tabular that no interval separates: the verdict is 'removing tabular',
+    not whichever of the two has the lower mean in this run."""
+    out = []
+    for s in (0, 1, 2):
+        out.append(_rec("30_ablations", "full_model", "early_fusion", s, Y + 0.3 * NOISE[s]))
+        for cond, noise in (("tabular:mask", NOISE[s]), ("tabular:zero", NOISE[s + 3]), ("text:mask", NOISE[s])):
+            r, p = _rec("30_ablations", "drop_at_inference", "early_fusion", s,
+                        Y + (0.5 if cond == "text:mask" else 3.0) * noise, condition=cond)
+            r["extra"] = {"untrained_path": []}
+            out.append((r, p))
+    q3 = _q(_build(_systems(1.0, 0.5) + out), 3)
+    assert "the worst case is removing **tabular**" in q3.text
+    assert "tabular:mask" in q3.text and "tabular:zero" in q3.text and "cannot be told apart" in q3.text
