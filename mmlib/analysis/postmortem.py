@@ -25,7 +25,7 @@ import pandas as pd
 from mmlib.analysis.attribution import shapley_values
 from mmlib.analysis.imbalance import remedy_verdicts
 from mmlib.analysis.summaries import group_stats
-from mmlib.analysis.verdicts import N_BOOT, Evidence, constant_score, fmt_delta
+from mmlib.analysis.verdicts import N_BOOT, Evidence, constant_score, fmt_delta, worst_case_text
 from mmlib.reporting.records import fmt_mean_std
 from mmlib.utils import MMLibError
 
@@ -210,23 +210,6 @@ def _q2(var: pd.DataFrame, ev: Evidence, metric: str) -> Section:
     return Section(title, text, t)
 
 
-def _worst_case(findings: pd.DataFrame, drop: pd.DataFrame, ev: Evidence) -> str:
-    """Q3's worst removal, claimed only when its interval against every other condition excludes
-    0; otherwise the tied group, and in bold the one modality they all remove (or "not separable")
-    — so two independent runs name the same thing."""
-    worst = findings["drop_vs_clean"].idxmax()
-    rows = {c: drop[drop["condition"] == c] for c in findings.index}
-    tied = [worst] + [c for c in findings.index
-                      if c != worst and ev.compare(rows[c], rows[worst])["verdict"] == "not separable"]
-    fall = f"{_fmt(findings.loc[worst])}, a fall of {findings.loc[worst, 'drop_vs_clean']:.3f}"
-    if len(tied) == 1:
-        return f"Masked at inference, the worst case is **{worst}** ({fall}; its interval against every other excludes 0). "
-    mods = sorted({str(c).split(":")[0] for c in tied})
-    lead = f"removing **{mods[0]}**" if len(mods) == 1 else "**not separable**"
-    return (f"Masked at inference, the worst case is {lead}: {', '.join(tied)} cannot be told apart (each one's "
-            f"interval against {worst} includes 0); the lowest mean is {worst} ({fall}). ")
-
-
 def _q3(abl: pd.DataFrame, imb: pd.DataFrame, ev: Evidence, col: str) -> list[Section]:
     title = f"3. {QUESTIONS[2]}"
     drop = abl[abl["experiment"] == "drop_at_inference"]
@@ -245,7 +228,7 @@ def _q3(abl: pd.DataFrame, imb: pd.DataFrame, ev: Evidence, col: str) -> list[Se
         findings = d[~d["untrained_path"]]
         text = f"{dropped_model.replace('_', ' ').capitalize()} scores {_fmt(c)} with every modality. "
         if len(findings):
-            text += _worst_case(findings, drop, ev)
+            text += worst_case_text(findings, drop, ev)
         flagged = list(d.index[d["untrained_path"]])
         if flagged:
             text += (f"Not findings: {', '.join(flagged)} masked a modality whose missing path this model never "

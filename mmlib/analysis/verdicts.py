@@ -33,6 +33,7 @@ import pandas as pd
 
 from mmlib.training.metrics import MetricWarning, higher_is_better
 from mmlib.training.tasks import get_task
+from mmlib.reporting.records import fmt_mean_std
 from mmlib.utils import MMLibError
 
 N_BOOT = 1000
@@ -341,5 +342,23 @@ class Evidence:
         return t, best, tied, "spread"
 
 
+def worst_case_text(findings: pd.DataFrame, drop: pd.DataFrame, ev: Evidence) -> str:
+    """Q3's worst removal, claimed only when its interval against every other condition excludes
+    0; otherwise the tied group, and in bold the one modality they all remove (or "not separable")
+    — so two independent runs name the same thing."""
+    worst = findings["drop_vs_clean"].idxmax()
+    rows = {c: drop[drop["condition"] == c] for c in findings.index}
+    tied = [worst] + [c for c in findings.index
+                      if c != worst and ev.compare(rows[c], rows[worst])["verdict"] == "not separable"]
+    row = findings.loc[worst]
+    fall = f"{fmt_mean_std(row['mean'], row['std'], int(row['n']))}, a fall of {findings.loc[worst, 'drop_vs_clean']:.3f}"
+    if len(tied) == 1:
+        return f"Masked at inference, the worst case is **{worst}** ({fall}; its interval against every other excludes 0). "
+    mods = sorted({str(c).split(":")[0] for c in tied})
+    lead = f"removing **{mods[0]}**" if len(mods) == 1 else "**not separable**"
+    return (f"Masked at inference, the worst case is {lead}: {', '.join(tied)} cannot be told apart (each one's "
+            f"interval against {worst} includes 0); the lowest mean is {worst} ({fall}). ")
+
+
 __all__ = ["N_BOOT", "SPREAD_NOTE", "bootstrap_note", "weighted_metric", "paired_delta", "direction", "fmt_delta",
-           "constant_score", "rank_systems", "spread_delta", "rank_by_spread", "Evidence"]
+           "constant_score", "worst_case_text", "rank_systems", "spread_delta", "rank_by_spread", "Evidence"]
