@@ -250,3 +250,16 @@ def test_q3_names_a_tied_worst_case_by_the_modality_it_removes():
     q3 = _q(_build(_systems(1.0, 0.5) + out), 3)
     assert "the worst case is removing **tabular**" in q3.text
     assert "tabular:mask" in q3.text and "tabular:zero" in q3.text and "cannot be told apart" in q3.text
+
+
+def test_q4_stability_verdict_rests_on_an_interval_over_models_and_seeds():
+    from mmlib.analysis.verdicts import stability_verdict
+
+    rng = np.random.default_rng(0)
+    seeds = lambda sd, k: [list(0.8 + sd * rng.normal(size=5)) for _ in range(k)]  # noqa: E731
+    wide = stability_verdict(seeds(0.002, 4), seeds(0.05, 4))
+    assert wide["verdict"] == "less stable" and wide["low"] > 0
+    close = stability_verdict(seeds(0.01, 4), seeds(0.011, 4))
+    assert close["verdict"] == "not separable" and close["low"] < 0 < close["high"]
+    assert stability_verdict(seeds(0.01, 1), seeds(0.02, 3))["verdict"] == "not separable"  # one model: no interval
+    assert stability_verdict(seeds(0.05, 4), seeds(0.002, 3))["verdict"] == "more stable"

@@ -25,7 +25,8 @@ import pandas as pd
 from mmlib.analysis.attribution import shapley_values
 from mmlib.analysis.imbalance import remedy_verdicts
 from mmlib.analysis.summaries import group_stats
-from mmlib.analysis.verdicts import N_BOOT, Evidence, constant_score, fmt_delta, worst_case_text
+from mmlib.analysis.verdicts import (N_BOOT, Evidence, constant_score, fmt_delta, stability_verdict,
+                                     worst_case_text)
 from mmlib.reporting.records import fmt_mean_std
 from mmlib.utils import MMLibError
 
@@ -289,12 +290,14 @@ def build_postmortem(records: pd.DataFrame, dataset: str, predictions: Mapping[s
             gap = (pool[gap_cols[0]] - pool[gap_cols[1]]).groupby(pool["model"]).mean()
             st["train_minus_val"] = st["model"].map(gap)
         if len(st):
-            u = st[st["n_modalities"] == 1]["std"].mean()
-            f = st[st["n_modalities"] > 1]["std"].mean()
-            text = (f"Seed-to-seed standard deviation of test {metric}: single-modality models {u:.4f} on average, "
-                    f"fused models {f:.4f}. "
-                    + ("Fusion was **less stable**." if f > 1.5 * u else
-                       "Fusion was **not less stable**." if f <= u * 1.05 else "Fusion was slightly less stable."))
+            u, f = st[st["n_modalities"] == 1]["std"], st[st["n_modalities"] > 1]["std"]
+            scores = pool.groupby("model")[col].apply(list)
+            sv = stability_verdict([scores[m] for m in st[st["n_modalities"] == 1]["model"]],
+                                   [scores[m] for m in st[st["n_modalities"] > 1]["model"]], n_boot=1000)
+            text = (f"Seed-to-seed standard deviation of test {metric}: single-modality models {u.mean():.4f} on average, "
+                    f"fused models {f.mean():.4f}; fused − single {sv['delta']:+.4f} [{sv['low']:+.4f}, {sv['high']:+.4f}] "
+                    "(95% interval, resampling models and their seeds). Fusion was " + (f"**{sv['verdict']}**." if sv["verdict"] !=
+                    "not separable" else "**not separably less stable** (the interval includes 0, or too few models)."))
             if "train_minus_val" in st:
                 text += (f" Mean train − validation gap: single modality {st[st.n_modalities == 1]['train_minus_val'].mean():.4f}, "
                          f"fused {st[st.n_modalities > 1]['train_minus_val'].mean():.4f}.")

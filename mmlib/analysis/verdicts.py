@@ -342,6 +342,33 @@ class Evidence:
         return t, best, tied, "spread"
 
 
+def stability_verdict(single: Any, fused: Any, n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Q4: is the seed-to-seed spread of fused models larger than that of single-modality ones?
+    ``single`` / ``fused``: one array of per-seed scores per model. A two-level bootstrap (models
+    within each group, then each model's seeds) gives a 95% interval for the difference of the
+    groups' mean seed-std; with 3 seeds a std is itself uncertain, and the interval says so.
+    ``verdict``: "less stable" (interval above 0), "more stable" (below 0) or "not separable"
+    (it includes 0, or a group has < 2 models with ≥ 2 seeds)."""
+    u = [np.asarray(x, float)[np.isfinite(x)] for x in single]
+    f = [np.asarray(x, float)[np.isfinite(x)] for x in fused]
+    u, f = [x for x in u if len(x) > 1], [x for x in f if len(x) > 1]
+    mean_std = lambda g: float(np.mean([x.std(ddof=1) for x in g]))  # noqa: E731
+    out: dict[str, Any] = {"delta": mean_std(f) - mean_std(u) if u and f else np.nan,
+                           "low": np.nan, "high": np.nan, "verdict": "not separable"}
+    if len(u) < 2 or len(f) < 2:
+        return out
+    rng = np.random.default_rng(seed)
+
+    def draw(g: list) -> float:
+        return float(np.mean([g[i][rng.integers(0, len(g[i]), len(g[i]))].std(ddof=1)
+                              for i in rng.integers(0, len(g), len(g))]))
+
+    d = np.array([draw(f) - draw(u) for _ in range(n_boot)])
+    out["low"], out["high"] = (float(q) for q in np.quantile(d, [0.025, 0.975]))
+    out["verdict"] = "less stable" if out["low"] > 0 else "more stable" if out["high"] < 0 else "not separable"
+    return out
+
+
 def worst_case_text(findings: pd.DataFrame, drop: pd.DataFrame, ev: Evidence) -> str:
     """Q3's worst removal, claimed only when its interval against every other condition excludes
     0; otherwise the tied group, and in bold the one modality they all remove (or "not separable")
@@ -361,4 +388,4 @@ def worst_case_text(findings: pd.DataFrame, drop: pd.DataFrame, ev: Evidence) ->
 
 
 __all__ = ["N_BOOT", "SPREAD_NOTE", "bootstrap_note", "weighted_metric", "paired_delta", "direction", "fmt_delta",
-           "constant_score", "worst_case_text", "rank_systems", "spread_delta", "rank_by_spread", "Evidence"]
+           "constant_score", "stability_verdict", "worst_case_text", "rank_systems", "spread_delta", "rank_by_spread", "Evidence"]
