@@ -7,6 +7,7 @@ import io
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -52,6 +53,19 @@ def test_export_cli(tmp_path, capsys):
     assert export_main(["spacecraft", str(tmp_path / "out"), "--n-rows", "20", "--name", "tiny"]) == 0
     assert "--data" in capsys.readouterr().out and read_spec(tmp_path / "out" / "tiny.toml").name == "tiny"
     assert export_main(["spacecraft", str(tmp_path / "x"), "--n-rows", "3"]) == 2
+
+
+def test_export_as_classification(tmp_path):
+    spec = export_spacecraft(tmp_path, n_rows=60, seed=2, name="ships_cls", classes=3)
+    assert export_main(["spacecraft", str(tmp_path / "y"), "--n-rows", "20", "--classes", "1"]) == 2
+    ds = load_dataset(resolve_dataset(str(spec)))
+    assert ds.task == "multiclass" and np.bincount(ds.target.numpy().astype(int)).tolist() == [20, 20, 20]
+    frame = pd.read_csv(tmp_path / "candidates_data.csv")
+    assert {"target", "target_class"} <= set(frame.columns)
+    assert not {"target", "target_class"} & set(read_spec(spec).params["num_columns"])
+    # the classes are the target's quantile bins: class means are ordered
+    means = frame.groupby("target_class")["target"].mean()
+    assert means.is_monotonic_increasing
 
 
 def test_a_spec_path_works_wherever_a_dataset_name_does(export, tmp_path):

@@ -263,3 +263,24 @@ def test_q4_stability_verdict_rests_on_an_interval_over_models_and_seeds():
     assert close["verdict"] == "not separable" and close["low"] < 0 < close["high"]
     assert stability_verdict(seeds(0.01, 1), seeds(0.02, 3))["verdict"] == "not separable"  # one model: no interval
     assert stability_verdict(seeds(0.05, 4), seeds(0.002, 3))["verdict"] == "more stable"
+
+
+def test_paired_delta_carries_the_between_seed_variance():
+    """Three seeds whose differences are +, +, − (spacecraft's moe vs bilinear in an independent
+    rerun): rows alone gave an interval excluding 0; the seed level makes it reach the negative seed."""
+    rng = np.random.default_rng(0)
+    n = 3000
+    y = rng.normal(size=n)
+    base = {s: y + rng.normal(scale=0.3, size=n) for s in range(3)}
+    shift = {0: 0.6, 1: 0.45, 2: 1.1}  # larger noise = worse; seed 2 reverses the order
+    a = {s: base[s] + rng.normal(scale=shift[s] * 0.3, size=n) for s in range(3)}
+    b = {s: base[s] + rng.normal(scale=0.25, size=n) for s in range(3)}
+    from sklearn.metrics import r2_score
+    per_seed = [r2_score(y, a[s]) - r2_score(y, b[s]) for s in range(3)]
+    assert sum(d > 0 for d in per_seed) == 2 and min(per_seed) < 0
+    d = paired_delta(y, a, b, "regression", "r2", n_boot=500)
+    assert d["low"] < 0 < d["high"] and direction(d) == "not separable"
+    # every seed on the same side: the interval still excludes 0
+    b2 = {s: base[s] + rng.normal(scale=0.5, size=n) for s in range(3)}
+    d2 = paired_delta(y, a, b2, "regression", "r2", n_boot=500)
+    assert all(r2_score(y, a[s]) > r2_score(y, b2[s]) for s in range(3)) and direction(d2) == "better"

@@ -6,8 +6,8 @@ other notebooks (mean ± std over seeds, with n); nothing is typed in. On
 structure (shares and ceilings come from ``00_eda``'s records).
 
 Verdicts ("Yes", "best", "helps", "pays off") follow only from 95 % intervals
-(``mmlib.analysis.verdicts``): a paired bootstrap over the test rows, combined over
-seeds, when the records' per-row predictions are given (``predictions`` +
+(``mmlib.analysis.verdicts``): a two-level paired bootstrap (seeds, then test
+rows) when the records' per-row predictions are given (``predictions`` +
 ``y_test``), else the seed spread, labelled so. Q1 compares *systems*: every model of
 notebooks 10, 20 and 40 on the primary target (networks, practitioner baselines and
 the stacks), multimodal or unimodal by the modalities it reads. The postmortem
@@ -180,7 +180,8 @@ def _q1(sys: pd.DataFrame, ev: Evidence, metric: str) -> Section:
     nets = [m for m in multi if first.loc[m, "kind"] == "network"]
     if nets and nets[0] != bm:
         dn = ev.compare(pick(nets[0]), pick(bu))
-        text += (f" Fusion networks alone: the best, {desc(nets[0])}, against {bu}: {fmt_delta(dn)} — "
+        text += (f" Fusion networks alone: the top one by mean, {desc(nets[0]).replace('**', '')} (Q2 says whether "
+                 f"it is separable from the others), against {bu}: {fmt_delta(dn)} — "
                  + {"better": "the networks beat it too.",
                     "worse": f"**every fusion network is behind the unimodal {bu}**.",
                     "not separable": "not separable."}[dn["verdict"]])
@@ -258,7 +259,7 @@ def build_postmortem(records: pd.DataFrame, dataset: str, predictions: Mapping[s
                      y_test: Any = None, n_boot: int = N_BOOT) -> Postmortem:
     """The postmortem of ``dataset`` from its ``records`` (``load_records``); with ``predictions``
     (``run_id -> test predictions``, ``load_predictions``) and ``y_test`` (``load_test_targets``)
-    every verdict rests on a paired bootstrap over the test rows, else on the seed spread."""
+    every verdict rests on a paired bootstrap over seeds and test rows, else on the seed spread."""
     recs = records[(records["dataset"] == dataset) & (records["notebook"] != "90_postmortem")]
     prov = provenance(recs, dataset)
     metric = primary_metric_from(recs[recs["notebook"] != "00_eda"])

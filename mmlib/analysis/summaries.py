@@ -5,7 +5,7 @@ recovered. Each function turns records into a ``Summary``: a table plus a senten
 whose every number is computed from the records.
 
 A claim in a sentence ("clearly dominant", "better than early fusion") rests on a 95 %
-interval (``mmlib.analysis.verdicts.Evidence``): a paired bootstrap over the test rows
+interval (``mmlib.analysis.verdicts.Evidence``): a paired bootstrap over seeds and test rows
 when ``predictions`` (``run_id -> test predictions``) and ``y_test`` are given, else the
 seed spread.
 """
@@ -147,6 +147,46 @@ def overfitting_table(records, metric: str) -> pd.DataFrame:
     return out.round(4)
 
 
+def _patience(p: Any) -> str:
+    return "no early stopping" if p is None or (isinstance(p, float) and np.isnan(p)) else str(int(p))
+
+
+def convergence_summary(records: Sequence[Mapping[str, Any]], models: Sequence[str] | None = None) -> Summary | None:
+    """Did training end before its budget? Per model (``records``: ``RecordWriter.records``, whose
+    ``extra`` has ``best_epoch`` / ``stopped_early`` / ``max_epochs``): the best validation epoch
+    and epochs run per seed against the budget, and how many seeds early stopping ended (the
+    validation metric stopped improving for ``patience`` epochs before the budget ran out).
+    A seed whose best epoch is the budget's last epoch was still improving. None when no
+    record says its budget (records from before the budget was recorded)."""
+    rows = []
+    for r in records:
+        ex = r.get("extra") or {}
+        if "max_epochs" not in ex or ex.get("best_epoch") is None or (models is not None and r["model"] not in models):
+            continue
+        rows.append({"model": r["model"], "seed": int(r["seed"]), "best_epoch": int(ex["best_epoch"]),
+                     "epochs_run": int(r.get("epochs") or 0), "max_epochs": int(ex["max_epochs"]),
+                     "stopped_early": bool(ex.get("stopped_early")), "patience": ex.get("patience")})
+    if not rows:
+        return None
+    long = pd.DataFrame(rows).drop_duplicates(["model", "seed"])
+    long["still_improving"] = long["best_epoch"] >= long["max_epochs"]
+    per = lambda g: ", ".join(f"{b}/{e}" for b, e in zip(g["best_epoch"], g["epochs_run"]))  # noqa: E731
+    t = pd.DataFrame({
+        "budget (epochs, patience)": long.groupby("model", sort=False).apply(
+            lambda g: f"{g['max_epochs'].iloc[0]}, {_patience(g['patience'].iloc[0])}", include_groups=False),
+        "best epoch / epochs run (per seed)": long.groupby("model", sort=False).apply(per, include_groups=False),
+        "stopped early": long.groupby("model", sort=False)["stopped_early"].sum().astype(int),
+        "still improving at the end": long.groupby("model", sort=False)["still_improving"].sum().astype(int),
+        "seeds": long.groupby("model", sort=False)["seed"].nunique()})
+    n, stopped, open_ = len(long), int(long["stopped_early"].sum()), int(long["still_improving"].sum())
+    text = (f"Early stopping ended {stopped} of {n} runs before their budget; "
+            + (f"{open_} run(s) had their best validation score at the budget's last epoch "
+               f"({', '.join(sorted(set(long.loc[long['still_improving'], 'model'])))}): those were still "
+               "improving and a larger `min_steps` may help them." if open_ else
+               "no run had its best validation score at the budget's last epoch."))
+    return Summary(t, text, {"runs": n, "stopped_early": stopped, "still_improving": open_}, long)
+
+
 def recovery_summary(records, shares: Mapping[str, float] | None) -> Summary | None:
     """Mean recovered fraction of each planted part per model (spacecraft only)."""
     if not shares:
@@ -201,5 +241,5 @@ def variants_summary(records, metric: str, higher_is_better: bool = True, refere
     return Summary(t.round(4), text, {"best": best, "tied": tied})
 
 
-__all__ = ["Summary", "as_frame", "group_stats", "saved_predictions", "dominance_summary", "fusion_summary", "overfitting_table",
+__all__ = ["Summary", "as_frame", "group_stats", "saved_predictions", "dominance_summary", "fusion_summary", "overfitting_table", "convergence_summary",
            "recovery_summary", "variants_summary"]

@@ -3,13 +3,16 @@
 A claim ("fusion beats the best single modality", "this remedy helps") is decided here
 from a 95 % interval, never from a threshold on a difference of means:
 
-- ``paired_delta``: metric(A) − metric(B) with a paired bootstrap over test rows within
-  each seed, combined over seeds. Each replicate draws one resample of test-row indices
-  (the same rows for every seed and both systems); per seed both systems are scored on
-  those rows and the differences are averaged over the seeds both have. ``delta`` is
-  the same average on all rows, ``low`` / ``high`` the 2.5 / 97.5 percentiles over the
-  replicates. A system given one prediction set (a deterministic baseline) is reused
-  for every seed of the other.
+- ``paired_delta``: metric(A) − metric(B) with a two-level paired bootstrap: seeds, then
+  test rows. Each replicate draws one resample of test-row indices (the same rows for
+  every seed and both systems) and, when there are several seeds, a resample of the
+  seeds (with replacement); per drawn seed both systems are scored on the drawn rows and
+  the differences are averaged. ``delta`` is the average over seeds on all rows, ``low``
+  / ``high`` the 2.5 / 97.5 percentiles over the replicates. Rows alone would leave out
+  the between-seed variance of training: with three seeds whose differences are +0.007,
+  +0.013 and −0.002, rows alone exclude 0 while a rerun with other seeds may not; with
+  the seed level the interval reaches the negative seed. A system given one prediction
+  set (a deterministic baseline) is reused for every seed of the other.
 - ``rank_systems``: the best system by mean is called best only when its interval
   against every other system excludes 0 in the better direction; otherwise the group
   not separable from it is returned (``tied``).
@@ -43,8 +46,8 @@ SPREAD_NOTE = "no per-row predictions: seed spread only (mean difference ± 1.96
 
 
 def bootstrap_note(n_rows: int, n_boot: int = N_BOOT) -> str:
-    return (f"paired bootstrap over the {n_rows:,} test rows ({n_boot} replicates, the same rows for every "
-            "system and seed), combined over seeds; 95 % intervals")
+    return (f"two-level paired bootstrap: seeds, then the {n_rows:,} test rows ({n_boot} replicates, the same "
+            "rows for every system and seed); 95 % intervals")
 
 
 # ----------------------------------------------------------------- metrics
@@ -165,10 +168,16 @@ def _pairs(a: Mapping, b: Mapping) -> list[tuple[Hashable, Hashable]]:
     return [(k, k) for k in common]
 
 
-def _delta(a: Mapping[Hashable, tuple[float, np.ndarray]], b: Mapping[Hashable, tuple[float, np.ndarray]]) -> dict:
+def _delta(a: Mapping[Hashable, tuple[float, np.ndarray]], b: Mapping[Hashable, tuple[float, np.ndarray]],
+           seed: int = 0) -> dict:
     pairs = _pairs(a, b)
     delta = float(np.mean([a[i][0] - b[j][0] for i, j in pairs]))
-    reps = np.mean([a[i][1] - b[j][1] for i, j in pairs], axis=0)
+    diffs = np.stack([a[i][1] - b[j][1] for i, j in pairs])  # [seeds, replicates]
+    n_pairs, n_boot = diffs.shape
+    if n_pairs > 1:  # level 1: the seeds, drawn with replacement in every replicate
+        draw = np.random.default_rng([int(seed), 1]).integers(0, n_pairs, size=(n_pairs, n_boot))
+        diffs = diffs[draw, np.arange(n_boot)]
+    reps = diffs.mean(axis=0)
     reps = reps[np.isfinite(reps)]
     low, high = (np.percentile(reps, [2.5, 97.5]) if len(reps) else (np.nan, np.nan))
     return {"delta": delta, "low": float(low), "high": float(high), "n_seeds": len(pairs)}
@@ -182,7 +191,7 @@ def paired_delta(y: Any, preds_a: Mapping[Any, Any] | Any, preds_b: Mapping[Any,
     a, b = _seed_map(preds_a), _seed_map(preds_b)
     scored = _Scorer(y, task, metric, n_boot, seed)({**{("a", k): v for k, v in a.items()},
                                                      **{("b", k): v for k, v in b.items()}})
-    return _delta({k: scored[("a", k)] for k in a}, {k: scored[("b", k)] for k in b})
+    return _delta({k: scored[("a", k)] for k in a}, {k: scored[("b", k)] for k in b}, seed)
 
 
 # ----------------------------------------------------------------- verdicts
@@ -248,7 +257,7 @@ def rank_systems(y: Any, systems: Mapping[str, Mapping[Any, Any] | Any], task: s
     stats = pd.DataFrame({"mean": {n: np.mean(v) for n, v in full.items()},
                           "std": {n: np.std(v, ddof=1) if len(v) > 1 else np.nan for n, v in full.items()},
                           "n_seeds": {n: len(v) for n, v in full.items()}})
-    return _rank(stats, lambda a, b: _delta(per[a], per[b]), higher_is_better(metric))
+    return _rank(stats, lambda a, b: _delta(per[a], per[b], seed), higher_is_better(metric))
 
 
 def spread_delta(scores_a: Mapping[Any, float] | float, scores_b: Mapping[Any, float] | float,

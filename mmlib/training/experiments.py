@@ -201,6 +201,7 @@ def run_fusion(dataset: MultimodalDataset, fusion: str, modalities: Sequence[str
         metrics["test"].update(planted_recovery(dataset, dataset.splits["test"], test_pred))
 
     extra = {"best_epoch": fit.best_epoch, "best_val": fit.best_val, "stopped_early": fit.stopped_early,
+             "max_epochs": int(trainer.config.epochs), "patience": trainer.config.patience,
              "model_kwargs": prep.model_kwargs,
              "train_kwargs": {k: v for k, v in prep.train_kwargs.items() if k != "progress"},
              "cached": hit is not None, **dict(extra or {})}

@@ -18,16 +18,18 @@ dataset gets; where a profile becomes a ``TrainConfig`` for a dataset
 (``train_config_from_profile(profile, n_train=...)``, which ``run_fusion`` calls with the
 train split's size) the rule of ``mmlib.training.config.size_budget`` applies: first the batch
 is capped to ≤ n_train / ``min_batches_per_epoch`` (a power of two, at least 32), then epochs
-are raised until epochs × steps ≥ ``min_steps`` (patience scaled alike). Standard profile:
+are raised until epochs × steps ≥ the step floor (patience scaled alike). The floor is
+``min_steps`` steps of the profile's batch size; a capped batch b gets
+min_steps × √(batch_size / b) steps, since smaller batches take noisier steps. Standard profile:
 ``min_steps`` 390, so both built-in datasets keep their budgets (spacecraft 8,400 train rows:
 batch 256, 33 steps × 12 epochs = 396; clothing 16,440 rows: 65 × 12 = 780) and a 1,500-row
-dataset (1,050 train rows) gets batch 64, 17 steps per epoch, at most 23 epochs, patience 8
-(measured, early fusion, 3 seeds: test R² 0.600/0.668/0.662 under the old 60 steps →
-0.775/0.766/0.753; one seed stopped early, two still improved a little at epoch 23). 780 steps
-converge all three seeds there (0.784/0.787/0.751) but double spacecraft's epochs for no
-measured gain (seed 0 early fusion 0.939 → 0.937) and its report time: raise ``min_steps``
-with ``get_profile("standard", min_steps=780)`` for small data. Full: ``min_steps`` 1600 leaves
-both datasets as they were (60 epochs).
+dataset (1,050 train rows) gets batch 64, a floor of 390 × √4 = 780 steps, 17 steps per epoch,
+at most 46 epochs, patience 16. Measured there (early fusion, 3 seeds, test R²): the old 60
+steps 0.600/0.668/0.662, best epoch = last epoch in all three; a flat 390 steps
+0.775/0.766/0.753 with two seeds still improving at the last epoch; 780 steps 0.784/0.787/0.751,
+early stopping ended two and the third peaked at epoch 39 of 46. A flat 780 would double
+spacecraft's epochs for no measured gain (seed 0 early fusion 0.939 → 0.937). Full:
+``min_steps`` 1600 leaves both datasets as they were (60 epochs).
 Smoke switches the rule off.
 
 | key | meaning |
@@ -38,7 +40,7 @@ Smoke switches the rule off.
 | ``patience`` | early-stopping patience in epochs; ``None`` = no early stopping |
 | ``batch_size`` | training batch size |
 | ``max_batches_per_epoch`` | cap on batches per epoch (smoke only); ``None`` = full epochs |
-| ``min_steps`` | training budget floor in optimizer steps: when ``epochs`` × steps-per-epoch is below it, ``epochs`` is raised to reach it and ``patience`` by the same factor (early stopping still decides the end); ``None`` = off |
+| ``min_steps`` | training budget floor in optimizer steps of ``batch_size`` rows (× √(``batch_size`` / capped batch) when the batch is capped): when ``epochs`` × steps-per-epoch is below it, ``epochs`` is raised to reach it and ``patience`` by the same factor (early stopping still decides the end); ``None`` = off |
 | ``min_batches_per_epoch`` | batch-size cap for small data: the batch is at most the largest power of two ≤ train rows / this (never below 32, never above ``batch_size``); ``None`` = off |
 | ``noise_levels`` | corruption strengths for robustness curves (0 = clean, 1 = signal fully replaced) |
 | ``catboost_iterations`` | boosting rounds for the CatBoost baselines |
