@@ -29,23 +29,20 @@ def export_spacecraft(out_dir: str | Path, n_rows: int = 12000, seed: int = 0, i
     ``classes=K`` makes it a classification dataset: the spec's target becomes ``target_class``,
     the quantile bin (0 … K−1, equal shares) of the regression target, which stays in the CSV
     but is neither a feature nor a target."""
-    from mmlib.data.spacecraft import CAT_COLUMNS, generate, write_folder
+    from mmlib.data.spacecraft import CAT_COLUMNS, generate, quantile_classes, write_folder
     from mmlib.data.spec import write_spec
 
     if int(n_rows) < 10:
         raise MMLibError(f"export: n_rows={n_rows}; at least 10 rows are needed.")
-    out = Path(out_dir)
-    sample = generate(n=int(n_rows), seed=seed, image_size=image_size, shares=shares)
     if classes is not None and not 2 <= int(classes) <= 20:
         raise MMLibError(f"export: classes={classes}; give 2 to 20 classes (or none for the regression target).")
+    out = Path(out_dir)
+    sample = generate(n=int(n_rows), seed=seed, image_size=image_size, shares=shares)
     cat = [c for c in sample.frame.columns if c in CAT_COLUMNS]
     num = [c for c in sample.frame.columns if c not in CAT_COLUMNS]
     target, task = "target", "regression"
-    if classes:
-        import numpy as np
-
-        edges = np.quantile(sample.y, np.linspace(0, 1, int(classes) + 1)[1:-1])
-        sample.frame = sample.frame.assign(target_class=np.searchsorted(edges, sample.y, side="right"))
+    if classes:  # the built-in dataset's task="multiclass" bins, as a column of the CSV
+        sample.frame = sample.frame.assign(target_class=quantile_classes(sample.y, int(classes)))
         target, task = "target_class", ("binary" if int(classes) == 2 else "multiclass")
     csv_path = write_folder(sample, out)
     return write_spec(out / f"{name}.toml", name, "folder", csv_path=csv_path.name, target=target,

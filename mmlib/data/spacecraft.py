@@ -429,6 +429,12 @@ def _presence(n: int, missing: dict[str, float] | None, seed: int) -> dict[str, 
     return present
 
 
+def quantile_classes(y: np.ndarray, n_classes: int) -> np.ndarray:
+    """Class 0 … n_classes−1 of each value: its bin among ``n_classes`` equal-share quantile bins of ``y``."""
+    edges = np.quantile(y, np.linspace(0, 1, n_classes + 1)[1:-1])
+    return np.digitize(y, edges).astype(np.int64)
+
+
 def _make_target(y: np.ndarray, task: str, n_classes: int):
     if task == "regression":
         return torch.from_numpy(y.astype(np.float32)), "target", None
@@ -439,8 +445,7 @@ def _make_target(y: np.ndarray, task: str, n_classes: int):
     if task == "multiclass":
         if n_classes < 2:
             raise MMLibError(f"spacecraft: n_classes must be >= 2, got {n_classes}.")
-        edges = np.quantile(y, np.linspace(0, 1, n_classes + 1)[1:-1])
-        return torch.from_numpy(np.digitize(y, edges).astype(np.int64)), f"target_bin{n_classes}", n_classes
+        return torch.from_numpy(quantile_classes(y, n_classes)), f"target_bin{n_classes}", n_classes
     raise MMLibError(f"spacecraft: unknown task {task!r}; use 'regression', 'cost', 'binary' or 'multiclass'.")
 
 
