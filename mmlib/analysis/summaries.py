@@ -170,14 +170,15 @@ def convergence_summary(records: Sequence[Mapping[str, Any]], models: Sequence[s
         return None
     long = pd.DataFrame(rows).drop_duplicates(["model", "seed"])
     long["still_improving"] = long["best_epoch"] >= long["max_epochs"]
-    per = lambda g: ", ".join(f"{b}/{e}" for b, e in zip(g["best_epoch"], g["epochs_run"]))  # noqa: E731
+    g = long.groupby("model", sort=False)
     t = pd.DataFrame({
-        "budget (epochs, patience)": long.groupby("model", sort=False).apply(
-            lambda g: f"{g['max_epochs'].iloc[0]}, {_patience(g['patience'].iloc[0])}", include_groups=False),
-        "best epoch / epochs run (per seed)": long.groupby("model", sort=False).apply(per, include_groups=False),
-        "stopped early": long.groupby("model", sort=False)["stopped_early"].sum().astype(int),
-        "still improving at the end": long.groupby("model", sort=False)["still_improving"].sum().astype(int),
-        "seeds": long.groupby("model", sort=False)["seed"].nunique()})
+        "budget (epochs, patience)": g.apply(lambda x: f"{x['max_epochs'].iloc[0]}, {_patience(x['patience'].iloc[0])}",
+                                             include_groups=False),
+        "best epoch / epochs run (per seed)": g.apply(lambda x: ", ".join(
+            f"{b}/{e}" for b, e in zip(x["best_epoch"], x["epochs_run"])), include_groups=False),
+        "stopped early": g["stopped_early"].sum().astype(int),
+        "still improving at the end": g["still_improving"].sum().astype(int),
+        "seeds": g["seed"].nunique()})
     n, stopped, open_ = len(long), int(long["stopped_early"].sum()), int(long["still_improving"].sum())
     text = (f"Early stopping ended {stopped} of {n} runs before their budget; "
             + (f"{open_} run(s) had their best validation score at the budget's last epoch "

@@ -152,14 +152,15 @@ def size_budget(n_train: int, epochs: int, batch_size: int, patience: int | None
        the batch to b, the floor becomes ceil(min_steps × √(batch_size / b)): smaller batches
        take noisier steps and need more of them (on a 1,050-row train split, batch 64, 390
        steps left two seeds of three still improving at the last epoch; with 780, early stopping
-       ended two and the third peaked at epoch 39 of 46), while the √ keeps small data far below the compute of a large dataset
-       (the linear rule would give 1,560 steps). When ``epochs`` × steps-per-epoch is below the
+       ended two and the third peaked at epoch 39 of 46), while the √ keeps small data far below
+       the compute of a large dataset (the linear rule would give 1,560 steps). When ``epochs`` × steps-per-epoch is below the
        floor, epochs are raised to ceil(floor / steps-per-epoch) and ``patience`` by the same
        factor (rounded up), so early stopping still waits the same share of the run.
        ``epochs`` is then a maximum: early stopping decides the end.
 
     Returns ``{"epochs", "batch_size", "patience", "steps_per_epoch", "steps", "min_steps"}``
-    (``steps`` = the budget, epochs × steps-per-epoch; ``min_steps`` = the floor after step 2). ``None`` for either knob switches that part off."""
+    (``steps`` = the budget, epochs × steps-per-epoch; ``min_steps`` = the floor after step 2).
+    ``None`` for either knob switches that part off."""
     n = int(n_train)
     bs = int(batch_size)
     if min_batches_per_epoch and n > 0:
