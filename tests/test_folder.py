@@ -221,15 +221,19 @@ def test_text_encoder_minilm_gives_an_embedding_modality(layout, monkeypatch):
     _, csv = layout
     seen = {}
 
-    def fake_encode(texts, cache_key=None, progress=True, **kw):
-        seen["n"], seen["key"] = len(texts), cache_key
-        return np.ones((len(texts), 384), dtype=np.float32)
+    def fake_encode(texts, model_name=sentence.DEFAULT_MODEL, cache_key=None, progress=True, **kw):
+        seen["n"], seen["key"], seen["model"] = len(texts), cache_key, model_name
+        return np.ones((len(texts), 768 if "mpnet" in model_name else 384), dtype=np.float32)
 
     monkeypatch.setattr(sentence, "encode_texts", fake_encode)
     ds = _load(csv, text_encoder="minilm")
     text = ds.modalities["text"]
     assert text.kind == "embedding" and tuple(text.tensors["x"].shape) == (120, 384)
-    assert seen == {"n": 120, "key": f"folder-{csv.stem}"} and ds.meta["text_encoder"] == "minilm"
+    assert seen == {"n": 120, "key": f"folder-{csv.stem}", "model": "all-MiniLM-L6-v2"}
+    assert ds.meta["text_encoder"] == "minilm" and text.info["model"] == "all-MiniLM-L6-v2"
+    mp = _load(csv, text_encoder="mpnet")
+    assert seen["model"] == "all-mpnet-base-v2" and tuple(mp.modalities["text"].tensors["x"].shape) == (120, 768)
+    assert mp.modalities["text"].info["model"] == "all-mpnet-base-v2" and mp.meta["text_encoder"] == "mpnet"
     assert _load(csv, text_encoder="gru").modalities["text"].kind == "text"  # the profiles' name for tokens
-    with pytest.raises(MMLibError, match=r"text_encoder='bert'; use one of \('tokens', 'minilm', 'minilm_finetune'\)"):
+    with pytest.raises(MMLibError, match=r"text_encoder='bert'; use one of \('tokens', 'minilm', 'minilm_finetune', 'mpnet'\)"):
         _load(csv, text_encoder="bert")

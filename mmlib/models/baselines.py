@@ -28,20 +28,17 @@ import pandas as pd
 
 from mmlib.data.base import MultimodalDataset
 from mmlib.training.metrics import compute_metrics
-from mmlib.training.tasks import primary_metric
+from mmlib.training.tasks import MAX_TARGET_VALUES, is_discrete, primary_metric
 from mmlib.utils import MMLibError
 
 MISSING_CATEGORY = "<missing>"
-MAX_TARGET_CLASSES = 20  # regression_as_classes: at most this many distinct target values
+MAX_TARGET_CLASSES = MAX_TARGET_VALUES  # regression_as_classes: at most this many distinct target values
 
 
 def discrete_target(dataset: MultimodalDataset, max_values: int = MAX_TARGET_CLASSES) -> bool:
     """True for a regression target with 2..``max_values`` distinct values in the training
     split, all integers (a star rating): one that ``regression_as_classes`` can fit as classes."""
-    if dataset.task != "regression":
-        return False
-    vals = np.unique(_y(dataset)[dataset.splits["train"]])
-    return 2 <= len(vals) <= max_values and bool(np.all(np.isfinite(vals)) and np.all(vals == np.round(vals)))
+    return dataset.task == "regression" and is_discrete(_y(dataset)[dataset.splits["train"]], max_values)
 
 
 # ------------------------------------------------------------------- inputs

@@ -55,8 +55,11 @@ def ce_loss(pred: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None = N
 
 LOSSES: dict[str, Callable[..., torch.Tensor]] = {
     "mse": mse_loss, "huber": huber_loss, "smape": smape_loss, "bce": bce_loss, "ce": ce_loss,
+    # regression as classes: the objective maps each target to the index of its value (``target_values``)
+    # and reads the prediction as the expected value, so the loss itself is the cross-entropy
+    "ce_ev": ce_loss,
 }
-LOSS_OPTIONS = {"huber": ("delta",), "smape": ("eps",), "ce": ("label_smoothing",)}
+LOSS_OPTIONS = {"huber": ("delta",), "smape": ("eps",), "ce": ("label_smoothing",), "ce_ev": ("label_smoothing",)}
 
 
 def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.07) -> torch.Tensor:

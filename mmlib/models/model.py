@@ -147,7 +147,8 @@ def _fusion_options(cls: type) -> list[str]:
 def build_model(dataset: Any, fusion: str = "early", modalities: list[str] | tuple[str, ...] | None = None,
                 hidden: int = 64, feat_dim: int = 64, encoder_archs: dict[str, str] | None = None,
                 modality_dropout: float = DEFAULT_MODALITY_DROPOUT, aux_heads: bool = False,
-                encoder_kwargs: dict[str, dict[str, Any]] | None = None, **fusion_kwargs: Any) -> MultimodalModel:
+                encoder_kwargs: dict[str, dict[str, Any]] | None = None, out_dim: int | None = None,
+                **fusion_kwargs: Any) -> MultimodalModel:
     """A ``MultimodalModel`` for ``dataset`` (a ``MultimodalDataset``).
 
     fusion: a key of ``FUSIONS``; modalities: default all of the dataset's; hidden: fusion
@@ -155,7 +156,9 @@ def build_model(dataset: Any, fusion: str = "early", modalities: list[str] | tup
     ``build_encoder``); encoder_kwargs: {modality: {option: value}} for the encoders;
     modality_dropout: each (row, modality) is dropped in training with this probability
     (``DEFAULT_MODALITY_DROPOUT``; a single-modality model is never affected), so masking a
-    modality at inference uses a path the model was trained on;
+    modality at inference uses a path the model was trained on; out_dim: the output width
+    (default ``dataset.out_dim``; the ``ce_ev`` loss wants one logit per target value:
+    ``mmlib.training.supervised.model_out_dim``);
     extra keyword arguments go to the fusion class (e.g. ``rank=8``, ``heads=2``, ``head_layers=0``)."""
     if fusion not in FUSIONS:
         raise MMLibError(f"Unknown fusion {fusion!r}; choose one of {list(FUSIONS)}.")
@@ -179,13 +182,15 @@ def build_model(dataset: Any, fusion: str = "early", modalities: list[str] | tup
     archs = {m: encoder_archs.get(m) or default_arch(dataset.modalities[m]) for m in modalities}
     encoders = {m: build_encoder(dataset.modalities[m], archs[m], out_dim=feat_dim, **encoder_kwargs.get(m, {}))
                 for m in modalities}
-    fusion_mod = cls({m: e.out_dim for m, e in encoders.items()}, dataset.out_dim, hidden=hidden, **fusion_kwargs)
-    model = MultimodalModel(encoders, fusion_mod, dataset.out_dim, modality_dropout=modality_dropout,
-                            aux_heads=aux_heads)
+    width = int(out_dim) if out_dim is not None else int(dataset.out_dim)
+    if width < 1:
+        raise MMLibError(f"build_model: out_dim={out_dim}; a model needs at least one output.")
+    fusion_mod = cls({m: e.out_dim for m, e in encoders.items()}, width, hidden=hidden, **fusion_kwargs)
+    model = MultimodalModel(encoders, fusion_mod, width, modality_dropout=modality_dropout, aux_heads=aux_heads)
     model.config = {
         "dataset": dataset.name,
         "task": dataset.task,
-        "out_dim": dataset.out_dim,
+        "out_dim": width,
         "fusion": fusion,
         "modalities": modalities,
         "hidden": hidden,
@@ -203,4 +208,5 @@ def build_model_from_config(dataset: Any, config: dict[str, Any]) -> MultimodalM
     """Rebuild the architecture a saved ``model.config`` describes (weights are loaded separately)."""
     keys = ("fusion", "modalities", "hidden", "feat_dim", "encoder_archs", "encoder_kwargs", "modality_dropout",
             "aux_heads")
-    return build_model(dataset, **{k: config[k] for k in keys if k in config}, **config.get("fusion_kwargs", {}))
+    return build_model(dataset, **{k: config[k] for k in keys if k in config}, out_dim=config.get("out_dim"),
+                       **config.get("fusion_kwargs", {}))

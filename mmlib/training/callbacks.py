@@ -248,7 +248,8 @@ class ModalityBalancing(Callback):
         outputs, scale = self._outputs(out)
         obj = trainer.objective
         with torch.no_grad():
-            scores = modality_scores(obj.task.name, outputs, _presence_used(out, batch), obj.target(batch["y"]), scale)
+            kind = getattr(obj, "score_task", obj.task.name)  # ce_ev: logits over the target's values
+            scores = modality_scores(kind, outputs, _presence_used(out, batch), obj.target(batch["y"]), scale)
             coefs = ogm_coefficients(scores, float(self.ogm_alpha), self.variant)
         branches = trainer.model.branch_parameters()
         for m, coef in coefs.items():

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
+import torch
 
 from mmlib.data.base import MultimodalDataset
 from mmlib.models import MultimodalModel, build_model
@@ -24,6 +25,8 @@ from mmlib.analysis.planted import has_planted_structure, planted_recovery
 from mmlib.reporting.records import RecordWriter, make_record, records_to_frame
 from mmlib.training import runcache
 from mmlib.training.config import size_budget
+from mmlib.training.supervised import model_out_dim
+from mmlib.training.tasks import EV_LOSS, is_discrete
 from mmlib.training.trainer import FitResult, TrainConfig, Trainer
 from mmlib.utils import MMLibError, set_seeds
 
@@ -116,6 +119,21 @@ def record_run(model: Any, fit: FitResult, metrics: Mapping[str, Mapping[str, fl
     return add_record(fields, writer=writer, notebook=notebook, dataset=dataset, predictions=predictions, y_test=y_test)
 
 
+def regression_loss(dataset: MultimodalDataset, profile: Mapping[str, Any],
+                    train_kwargs: Mapping[str, Any]) -> str | None:
+    """The loss a run trains with when the caller did not name one: the profile's
+    ``regression_loss`` for a regression target (``"auto"``: ``ce_ev`` when the training target
+    has 2..20 distinct integer values — a star rating — else the task's default ``mse``); None
+    leaves the task's default. A ``loss`` or ``loss_options`` in ``train_kwargs`` always wins."""
+    choice = profile.get("regression_loss")
+    if not choice or dataset.task != "regression" or "loss" in train_kwargs or "loss_options" in train_kwargs:
+        return train_kwargs.get("loss")
+    if choice == "auto":
+        rows = torch.as_tensor(dataset.splits["train"], device=dataset.target.device)
+        return EV_LOSS if is_discrete(dataset.target[rows]) else None
+    return str(choice)
+
+
 @dataclass
 class _Prepared:
     mods: list[str]
@@ -144,6 +162,11 @@ def _prepare(dataset: MultimodalDataset, fusion: str, modalities: Sequence[str] 
                 archs.setdefault(m, profile["image_arch"])
         if archs:
             model_kwargs["encoder_archs"] = archs
+    loss = regression_loss(dataset, profile, train_kwargs)
+    if loss is not None:
+        train_kwargs["loss"] = loss
+        if loss == EV_LOSS:
+            model_kwargs.setdefault("out_dim", model_out_dim(dataset, EV_LOSS))
     config = train_config_from_profile(profile, n_train=len(dataset.splits["train"]), seed=int(seed), device=device,
                                        **train_kwargs)
 

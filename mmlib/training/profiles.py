@@ -50,7 +50,8 @@ Smoke switches the rule off.
 | ``image_size`` | side of the square images, in pixels |
 | ``lr`` / ``weight_decay`` | AdamW learning rate (peak of the OneCycle schedule) and weight decay |
 | ``executor`` | where the notebooks' grids of runs train when the runner / notebook does not say: ``"local"`` (one run after the other) or ``"ray"`` (``mmlib.training.executor``). ``standard``: ``ray``, measured faster on a 2-core CPU (notebook 40's grid on spacecraft, 24 runs: 387 s on Ray with 2 workers × 1 thread against 581 s locally, 1.50×); if no Ray instance can start, the runs train locally with a warning. ``smoke``: ``local`` (the tests' tiny runs; Ray has its own tests). ``full``: ``local`` (a GPU: a Ray task asks for no GPU unless ``MMLIB_RAY_GPUS_PER_RUN`` says so, and GPU sharing was not measured) |
-| ``text_encoder`` | how a real text is given to the models (loaders that offer a choice: ``clothing``): ``"minilm"`` = frozen MiniLM sentence embeddings (an MLP reads them: ~4 s per model on ``clothing`` on a 2-core CPU), ``"gru"`` = word tokens for a GRU trained from scratch (~30 s per model there), ``"minilm_finetune"`` = MiniLM's own word pieces into the MiniLM transformer, fine-tuned end to end at 1/100 of ``lr`` (a GPU job: ~22M parameters per model), ``"tfidf"`` / ``"minilm+tfidf"`` = a sparse TF-IDF bag of word 1-2-grams read by an EmbeddingBag (``mmlib.models.sparse_text``), alone or beside the frozen MiniLM embedding in the same modality; ``spacecraft``'s captions are always tokens |
+| ``regression_loss`` | the networks' loss on a regression target when a notebook does not name one: ``None`` = the task's default, ``"mse"`` on the standardised target (every profile); ``"auto"`` = ``"ce_ev"`` when the training target has 2..20 distinct integer values (a star rating: one logit per value, cross-entropy, prediction = expected value, as in Rothe et al.'s DEX; ``mmlib.training.supervised``), else ``"mse"``; or a loss name (``"mse"``, ``"huber"``, ``"ce_ev"``) for every regression dataset. On ``clothing`` ``ce_ev`` did not beat ``mse`` on validation (standard, 3 seeds; README, "The expected-value head"), so no profile uses it |
+| ``text_encoder`` | how a real text is given to the models (loaders that offer a choice: ``clothing``, ``folder``): ``"mpnet"`` (standard) = frozen 768-d all-mpnet-base-v2 sentence embeddings (an MLP reads them: ~10 s per model on ``clothing`` on a 2-core CPU), used when the model is in the data cache (``python -m mmlib.data.mpnet`` fetches it once, ~400 MB); without it the profile falls back to ``"minilm"`` with a warning (``mmlib.data.sentence.profile_text_encoder``); ``"minilm"`` (smoke) = frozen 384-d all-MiniLM-L6-v2 embeddings (bundled; ~4 s per model), ``"gru"`` = word tokens for a GRU trained from scratch (~30 s per model there), ``"minilm_finetune"`` (full) = MiniLM's own word pieces into the MiniLM transformer, fine-tuned end to end at 1/100 of ``lr`` (a GPU job: ~22M parameters per model), ``"tfidf"`` / ``"minilm+tfidf"`` / ``"mpnet+tfidf"`` = a sparse TF-IDF bag of word 1-2-grams read by an EmbeddingBag (``mmlib.models.sparse_text``), alone or beside the frozen embedding in the same modality; ``spacecraft``'s captions are always tokens |
 """
 from __future__ import annotations
 
@@ -81,6 +82,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "executor": "local",
         "min_steps": None,
         "min_batches_per_epoch": None,
+        "regression_loss": None,
     },
     # The committed reports: 3 seeds, full datasets; ~15-20 min per dataset on a 2-core CPU.
     "standard": {
@@ -96,12 +98,13 @@ PROFILES: dict[str, dict[str, Any]] = {
         "image_size": 32,
         "image_encoder": "efficientnet",
         "image_arch": "cnn_strided",
-        "text_encoder": "minilm",
+        "text_encoder": "mpnet",
         "lr": 0.006,
         "weight_decay": 0.0,
         "executor": "ray",
         "min_steps": 390,
         "min_batches_per_epoch": 16,
+        "regression_loss": None,
     },
     # One GPU: 5 seeds, longer training, bigger images, finer robustness curves.
     "full": {
@@ -123,6 +126,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "executor": "local",
         "min_steps": 1600,
         "min_batches_per_epoch": 16,
+        "regression_loss": None,
     },
 }
 

@@ -16,10 +16,21 @@ import torch
 import torch.nn as nn
 
 from mmlib.training.objectives import Objective
-from mmlib.training.tasks import get_task
+from mmlib.training.tasks import EV_LOSS, get_task, target_values
 from mmlib.utils import MMLibError
 
 Override = dict[str, Any]  # {modality: False | bool mask}: drop a modality at inference
+
+
+def model_out_dim(dataset: Any, loss: str | None = None) -> int:
+    """The output width a model needs to train on ``dataset`` with ``loss``: the dataset's own
+    (``dataset.out_dim``), or under ``ce_ev`` the number of distinct training target values."""
+    if loss != EV_LOSS:
+        return int(dataset.out_dim)
+    if get_task(dataset.task).name != "regression":
+        raise MMLibError(f"loss {EV_LOSS!r} is for regression targets; {dataset.name!r} is {dataset.task}.")
+    rows = torch.as_tensor(dataset.splits["train"], device=dataset.target.device)
+    return len(target_values(dataset.target[rows], what=f"loss {EV_LOSS!r} on {dataset.name!r}"))
 
 
 class SupervisedObjective(Objective):
@@ -30,7 +41,15 @@ class SupervisedObjective(Objective):
 
     ``standardize`` (regression): the model learns z = (y − mean) / std with the mean and
     std of the train split; every prediction and metric is mapped back to the target's
-    units, while the losses (train and ``val_loss``) stay in z units."""
+    units, while the losses (train and ``val_loss``) stay in z units.
+
+    ``loss="ce_ev"`` (regression with a few distinct values, e.g. a 1-5 star rating): each
+    distinct training value is a class, the model outputs one logit per value (build it with
+    ``out_dim=len(objective.class_values)``; ``model_out_dim`` gives it), trains with
+    cross-entropy, and predicts the expected value ``sum_k softmax_k * value_k`` — Rothe et
+    al.'s DEX (2015: "Deep EXpectation", classification over age values, expected value at
+    inference). The neural counterpart of the baselines' ``regression_as_classes``. Metrics
+    stay regression metrics of that expected value; ``val_loss`` is the cross-entropy."""
 
     kind = "supervised"
 
@@ -45,7 +64,11 @@ class SupervisedObjective(Objective):
         self.n_classes = dataset.n_classes
         self.loss_fn = loss_fn or self.task.loss(loss, **(loss_options or {}))
         self.y_mean, self.y_std = 0.0, 1.0  # target units = model units unless standardised
-        if standardize and self.task.name == "regression":
+        self.class_values: torch.Tensor | None = None  # ce_ev: the target's values, one class each
+        if loss == EV_LOSS and loss_fn is None:
+            train_y = dataset.target[torch.as_tensor(dataset.splits["train"], device=dataset.target.device)]
+            self.class_values = target_values(train_y, what=f"loss {EV_LOSS!r} on {dataset.name!r}").float()
+        elif standardize and self.task.name == "regression":
             y = dataset.target[torch.as_tensor(dataset.splits["train"], device=dataset.target.device)].double()
             self.y_mean = float(y.mean())
             self.y_std = float(y.std(unbiased=False)) if len(y) > 1 and float(y.std(unbiased=False)) > 0 else 1.0
@@ -56,10 +79,22 @@ class SupervisedObjective(Objective):
         self.autocast: Callable[[], Any] | None = None
         self.last_val: tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor] | None = None
 
+    @property
+    def score_task(self) -> str:
+        """The kind of output the model gives: ``"multiclass"`` logits under ``ce_ev``, else the task's."""
+        return "multiclass" if self.class_values is not None else self.task.name
+
     def setup(self, trainer: Any) -> None:
         self.data = self.dataset.to(trainer.device)  # once: batches are tensor indexing on the device
         self.device = trainer.device
         self.model = trainer.model
+        if self.class_values is not None:
+            self.class_values = self.class_values.to(trainer.device)
+            width = getattr(trainer.model, "out_dim", None)
+            if width is not None and int(width) != len(self.class_values):
+                raise MMLibError(f"loss {EV_LOSS!r}: the model outputs {width} value(s) per row but the target has "
+                                 f"{len(self.class_values)} classes ({self.class_values.tolist()}); build it with "
+                                 f"out_dim={len(self.class_values)} (run_fusion does this when the loss is {EV_LOSS!r}).")
         self.autocast = trainer.precision.autocast
         self.eval_batch_size = trainer.config.eval_batch_size or 4 * trainer.config.batch_size
 
@@ -74,13 +109,21 @@ class SupervisedObjective(Objective):
         return len(batch["y"])
 
     def target(self, y: torch.Tensor) -> torch.Tensor:
-        """The target in the model's units (z when standardised)."""
+        """The target in the model's units (z when standardised; under ``ce_ev`` the index of the
+        nearest class value)."""
+        if self.class_values is not None:
+            values = self.class_values.to(y.device)
+            return (y.float().unsqueeze(-1) - values).abs().argmin(dim=-1)
         if self.y_mean == 0.0 and self.y_std == 1.0:
             return y
         return (y.float() - self.y_mean) / self.y_std
 
     def to_units(self, output: torch.Tensor) -> torch.Tensor:
-        """A model output back in the target's units (regression; classification outputs pass through)."""
+        """A model output back in the target's units (regression; classification outputs pass through;
+        under ``ce_ev`` the expected value of the class probabilities, [b, 1])."""
+        if self.class_values is not None:
+            values = self.class_values.to(output.device)
+            return (torch.softmax(output.float(), dim=-1) @ values).unsqueeze(-1)
         if self.y_mean == 0.0 and self.y_std == 1.0:
             return output
         return output.float() * self.y_std + self.y_mean

@@ -2,8 +2,8 @@
 
 A ``Task`` owns everything that depends on the kind of target:
 
-* the training loss (``task.loss(name)``: regression mse / huber / smape, binary bce,
-  multiclass ce; the loss functions themselves live in ``mmlib.models.losses``);
+* the training loss (``task.loss(name)``: regression mse / huber / smape / ce_ev, binary
+  bce, multiclass ce; the loss functions themselves live in ``mmlib.models.losses``);
 * how a model output becomes a prediction (``task.predict``: values, P(class 1) or
   class probabilities);
 * its metrics (``task.metrics``, i.e. ``mmlib.training.metrics.compute_metrics``);
@@ -70,7 +70,7 @@ class Task:
 
 
 _TASKS = {
-    "regression": Task("regression", "r2", True, ("mse", "huber", "smape")),
+    "regression": Task("regression", "r2", True, ("mse", "huber", "smape", "ce_ev")),
     "binary": Task("binary", "roc_auc", True, ("bce",)),
     "multiclass": Task("multiclass", "accuracy", True, ("ce",)),
 }
@@ -84,6 +84,32 @@ def get_task(task: str | Task) -> Task:
     if task not in _TASKS:
         raise MMLibError(f"Unknown task {task!r}; expected one of {TASKS}.")
     return _TASKS[task]
+
+
+EV_LOSS = "ce_ev"  # regression as classes: cross-entropy over the target's values, prediction = expected value
+MAX_TARGET_VALUES = 20  # ce_ev (and the baselines' regression_as_classes): at most this many distinct values
+
+
+def target_values(y_train: Any, max_values: int = MAX_TARGET_VALUES, what: str = "ce_ev") -> torch.Tensor:
+    """The sorted distinct values of a regression target's training split, as the classes of the
+    ``ce_ev`` loss (float64 [K]); ``MMLibError`` unless there are 2..``max_values`` finite values."""
+    y = torch.as_tensor(y_train).detach().double().reshape(-1).cpu()
+    if not bool(torch.isfinite(y).all()):
+        raise MMLibError(f"{what}: the training target holds NaN/inf values.")
+    vals = torch.unique(y)
+    if not 2 <= len(vals) <= max_values:
+        raise MMLibError(f"{what} fits a regression target with 2..{max_values} distinct values (a star rating) as "
+                         f"classes; this training split has {len(vals)}. Use loss='mse' (the default) instead.")
+    return vals
+
+
+def is_discrete(y_train: Any, max_values: int = MAX_TARGET_VALUES) -> bool:
+    """True for a target whose training values are 2..``max_values`` distinct integers (a star rating)."""
+    y = torch.as_tensor(y_train).detach().double().reshape(-1).cpu()
+    if not bool(torch.isfinite(y).all()):
+        return False
+    vals = torch.unique(y)
+    return 2 <= len(vals) <= max_values and bool((vals == torch.round(vals)).all())
 
 
 def primary_metric(task: str | Task) -> tuple[str, bool]:
