@@ -11,7 +11,7 @@ from mmlib.training.experiments import run_over_seeds
 from mmlib.analysis.postmortem import _published_section, _unique_runs, build_postmortem
 from mmlib.training.profiles import get_profile
 from mmlib.reporting.records import RecordWriter, make_record, records_to_frame
-from mmlib.analysis.stacking import apply_stack, fit_stack, stacked_ensemble
+from mmlib.analysis.stacking import apply_stack, fit_stack, stacked_ensemble, unimodal_members
 from mmlib.utils import MMLibError
 
 
@@ -95,6 +95,37 @@ def test_stacked_ensemble_measures_what_multimodal_members_add():
     ds, P, writer, _, base = _tiny_stack(same, train=False)
     s = stacked_ensemble(ds, {}, P["seeds"], writer, baselines=base, n_boot=300)
     assert s.values["fusion_verdict"] == "not separable" and "not separable" in s.text
+
+
+def test_single_modality_networks_join_stack_unimodal(monkeypatch, tmp_path):
+    """40's stack_unimodal holds notebook 10's single-modality networks (one per modality, 10's
+    exact configuration, so the run cache serves them): stack − stack_unimodal then measures
+    fusion, not a strong single-modality encoder that only the fusion networks had."""
+    from mmlib.training import runcache
+
+    monkeypatch.setenv("MMLIB_RUN_CACHE", "1")
+    monkeypatch.setattr(runcache, "DATA_CACHE", tmp_path)
+
+    ds = make_tiny_dataset(n=300)
+    P = get_profile("smoke", seeds=[0, 1])
+    ten = [run_over_seeds(ds, "early", [m], P["seeds"], profile=P, notebook="10_unimodal_baselines",
+                          experiment="unimodal", model_name=f"{m}_only", device="cpu", progress=False)
+           for m in ds.modality_names]  # what notebook 10 trains
+    loads = []
+    real_load = runcache.load
+    monkeypatch.setattr(runcache, "load", lambda key: loads.append(real_load(key)) or loads[-1])
+    uni = unimodal_members(ds, P, "40_fusion_variants", device="cpu", executor="local")
+    assert list(uni) == [f"{m}_only" for m in ds.modality_names]
+    assert len(loads) == 6 and all(hit is not None for hit in loads)  # every run read back, none retrained
+    for m, runs in zip(ds.modality_names, ten):
+        np.testing.assert_array_equal(uni[f"{m}_only"][1].test_predictions, runs[1].test_predictions)
+    early = {"early": run_over_seeds(ds, "early", None, P["seeds"], profile=P, notebook="40_fusion_variants",
+                                     experiment="fusion_variant", device="cpu", progress=False)}
+    writer = _memory_writer(ds)
+    s = stacked_ensemble(ds, {**early, **uni}, P["seeds"], writer, n_boot=100)
+    rec = [r for r in writer.records if r["model"] == "stack_unimodal"]
+    assert len(rec) == 2 and rec[0]["extra"]["members"] == list(uni)
+    assert not np.isnan(s.table.loc["text_only", "stack_unimodal_weight"])
 
 
 def test_stacked_ensemble_skips_multiclass():

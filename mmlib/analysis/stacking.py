@@ -81,6 +81,25 @@ def _members(dataset: Any, members: Mapping[str, Sequence[Any]], seeds: Sequence
     return out
 
 
+def unimodal_members(ds: Any, profile: Mapping[str, Any], notebook: str, device: str = "auto",
+                     executor: Any = None, workers: int = 0, ray_address: str | None = None) -> dict[str, list]:
+    """Notebook 10's single-modality networks as stacking members: ``{"<m>_only": [run per
+    seed]}``, one per modality of ``ds``, with 10's exact configuration (early fusion on one
+    modality), so they are read back from the run cache when 10 ran with the same code and
+    profile (trained here otherwise; no records are written). ``stack_unimodal`` needs them:
+    without the best single-modality network, stack − stack_unimodal would credit fusion with
+    what a stronger encoder of one modality already gives (``clothing`` with mpnet: the text-only
+    network is the best single model)."""
+    from mmlib.training.experiments import run_grid
+
+    names = list(ds.modality_names)
+    grid = [dict(modalities=[m], model_name=f"{m}_only") for m in names]
+    runs = run_grid(ds, grid, profile["seeds"], fusion="early", profile=profile, notebook=notebook,
+                    experiment="unimodal", device=device, progress=False, executor=executor, workers=workers,
+                    ray_address=ray_address)
+    return {f"{m}_only": r for m, r in zip(names, runs)}
+
+
 def stacked_ensemble(dataset: Any, members: Mapping[str, Sequence[Any]], seeds: Sequence[int], writer: RecordWriter,
                      baselines: Mapping[str, Any] | None = None, experiment: str = "stacking",
                      n_boot: int = 1000) -> Summary | None:
