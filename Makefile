@@ -8,6 +8,9 @@ DATASETS ?= spacecraft clothing
 # DATA=path/to/spec.toml (several: DATA="a.toml b.toml") runs your own data (see mmlib.data.spec);
 # then only those, unless DATASETS is given on the command line too
 DATA ?=
+# MPNET=1 (default): `make reports` on the standard profile first fetches all-mpnet-base-v2 once (~400 MB,
+# the committed clothing reports' text encoder); MPNET=0 skips it and the profile falls back to MiniLM
+MPNET ?= 1
 ifeq ($(strip $(DATA)),)
 REPORT_DATA := --datasets $(DATASETS)
 else
@@ -25,6 +28,9 @@ $(VENV)/.installed: pyproject.toml
 
 ## Execute every notebook on every dataset and write reports/ (HTML, records, index); DATA=spec.toml: your own data.
 reports: $(VENV)/.installed
+ifeq ($(PROFILE)$(MPNET),standard1)
+	$(PY) -m mmlib.data.mpnet || echo "all-mpnet-base-v2 not fetched: the text models use MiniLM (see the warning above)"
+endif
 	$(PY) -m mmlib.reports --profile $(PROFILE) $(REPORT_DATA)
 
 ## Unit tests + a smoke run of every notebook.
