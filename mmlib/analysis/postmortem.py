@@ -89,9 +89,10 @@ def _fmt(row) -> str:
 # experiments whose records are trained models (others evaluate a trained model, e.g. under noise)
 TRAINING_EXPERIMENTS = ("unimodal", "simple_fusion", "fusion_variant", "full_model", "subset")
 # Q1's systems: every model of these notebooks and experiments, on the primary target
+VERDICTS = ("better", "worse", "not separable")
 SYSTEM_NOTEBOOKS = ("10_unimodal_baselines", "20_simple_fusion", "40_fusion_variants")
 SYSTEM_EXPERIMENTS = ("unimodal", "text_encoder", "image_encoder", "catboost", "tfidf", "simple_fusion", "fusion_variant",
-                      "stacking")
+                      "fusion_single_modality", "stacking")
 
 
 def _unique_runs(df: pd.DataFrame) -> pd.DataFrame:
@@ -177,20 +178,26 @@ def _q1(sys: pd.DataFrame, ev: Evidence, metric: str) -> Section:
              "worse": f"**No: a unimodal system wins**: {bu} beats the best multimodal system (the interval is below 0).",
              "not separable": "**Not separable**: the interval includes 0, so neither side wins on these test rows "
                               "and seeds."}[d["verdict"]]
+    said = lambda d, *words: f"{fmt_delta(d)} — " + dict(zip(VERDICTS, words))[d["verdict"]]  # noqa: E731
     nets = [m for m in multi if first.loc[m, "kind"] == "network"]
     if nets and nets[0] != bm:
-        dn = ev.compare(pick(nets[0]), pick(bu))
         text += (f" Fusion networks alone: the top one by mean, {desc(nets[0]).replace('**', '')} (Q2 says whether "
-                 f"it is separable from the others), against {bu}: {fmt_delta(dn)} — "
-                 + {"better": "the networks beat it too.",
-                    "worse": f"**every fusion network is behind the unimodal {bu}**.",
-                    "not separable": "not separable."}[dn["verdict"]])
+                 f"it is separable from the others), against {bu}: "
+                 + said(ev.compare(pick(nets[0]), pick(bu)), "the networks beat it too.",
+                        f"**every fusion network is behind the unimodal {bu}**.", "not separable."))
+    alone = sys[sys["experiment"] == "fusion_single_modality"]  # the same architecture on one modality (40)
+    for f in [f for f in dict.fromkeys(alone["fusion"]) if f in first.index and first.loc[f, "kind"] == "network"]:
+        versions = [m for m in uni if m in set(alone.loc[alone["fusion"] == f, "model"])]
+        text += (f" The same architecture on one modality: {f} against {desc(versions[0]).replace('**', '')}, "
+                 + said(ev.compare(pick(f), pick(versions[0])), "adding the other modalities pays off in it.",
+                        "**the single-modality version is better**: the other modalities cost in it.",
+                        "what the other modalities add to it is **not separable** from 0.")) if versions else ""
     if {"stack", "stack_unimodal"} <= set(sys["model"]):
-        ds = ev.compare(pick("stack"), pick("stack_unimodal"))
-        text += (f" Stacking every member against stacking the single-modality members only: {fmt_delta(ds)} — "
-                 + {"better": "the multimodal members **add a gain** a combination of unimodal models does not reach.",
-                    "worse": "the multimodal members make the stack worse.",
-                    "not separable": "what the multimodal members add is **not separable** from 0."}[ds["verdict"]])
+        text += (" Stacking every member against stacking the single-modality members only: "
+                 + said(ev.compare(pick("stack"), pick("stack_unimodal")),
+                        "the multimodal members **add a gain** a combination of unimodal models does not reach.",
+                        "the multimodal members make the stack worse.",
+                        "what the multimodal members add is **not separable** from 0."))
     return Section(title, text, t)
 
 
@@ -325,17 +332,9 @@ def build_postmortem(records: pd.DataFrame, dataset: str, predictions: Mapping[s
     text = _worth_it(trained, col, metric, abl, ev)
     pm.sections.append(Section(f"6. {QUESTIONS[5]}", text))
 
-    # --- planted structure (spacecraft)
-    planted = _planted_section(recs, trained, col, metric)
-    if planted is not None:
-        pm.sections.append(planted)
-    # --- other targets and published figures (real data)
-    other = _other_targets_section(recs)
-    if other is not None:
-        pm.sections.append(other)
-    published = _published_section(recs, dataset)
-    if published is not None:
-        pm.sections.append(published)
+    # --- planted structure (spacecraft); other targets and published figures (real data)
+    pm.sections.extend(sec for sec in (_planted_section(recs, trained, col, metric), _other_targets_section(recs),
+                                       _published_section(recs, dataset)) if sec is not None)
     return pm
 
 

@@ -244,3 +244,60 @@ def variants_summary(records, metric: str, higher_is_better: bool = True, refere
 
 __all__ = ["Summary", "as_frame", "group_stats", "saved_predictions", "dominance_summary", "fusion_summary", "overfitting_table", "convergence_summary",
            "recovery_summary", "variants_summary"]
+
+
+# experiment name of the top fusion retrained on each modality alone (notebook 40)
+SINGLE_MODALITY_EXPERIMENT = "fusion_single_modality"
+
+
+def single_modality_name(fusion: str, modality: str) -> str:
+    """The model name of ``fusion`` trained on ``modality`` alone: ``"learned_weights[text]"``."""
+    return f"{fusion}[{modality}]"
+
+
+def top_by_validation(records, metric: str, higher_is_better: bool = True,
+                      experiment: str = "fusion_variant") -> str:
+    """The model of ``experiment`` with the best mean *validation* metric over seeds (the test
+    split never chooses); ``ValueError`` when no record of it has one."""
+    df = as_frame(records)
+    col = f"metric_val_{metric.removeprefix('metric_').removeprefix('val_')}"
+    sel = df[(df["experiment"] == experiment)] if "experiment" in df else df.iloc[0:0]
+    if col not in sel or sel[col].notna().sum() == 0:
+        raise ValueError(f"top_by_validation: no {experiment!r} record has {col}.")
+    means = sel.groupby("model")[col].mean().dropna()
+    return str(means.idxmax() if higher_is_better else means.idxmin())
+
+
+def modality_gain_summary(records, fusion: str, metric: str, higher_is_better: bool = True,
+                          predictions: Mapping[str, Any] | None = None, y_test: Any = None) -> Summary | None:
+    """``fusion`` on every modality against the same fusion on each modality alone (records of
+    ``SINGLE_MODALITY_EXPERIMENT`` named ``single_modality_name(fusion, m)``): the same
+    architecture, budget and seeds, so the difference is what the other modalities add, not
+    what the architecture adds. The table holds test mean ± std per version and the paired
+    interval of (all modalities − this one); the sentence names the best single-modality
+    version and says whether adding the others pays off. None when those records are missing."""
+    df = as_frame(records)
+    full = df[(df["model"] == fusion) & (df["experiment"] == "fusion_variant")]
+    alone = df[(df["experiment"] == SINGLE_MODALITY_EXPERIMENT) & (df["fusion"] == fusion)]
+    if full.empty or alone.empty:
+        return None
+    both = pd.concat([full, alone])
+    t = _by_model(both, metric)
+    ev = _evidence(metric, predictions, y_test)
+    sign = 1 if higher_is_better else -1
+    singles = sorted((m for m in t.index if m != fusion), key=lambda m: -sign * t.loc[m, "test_mean"])
+    best = singles[0]
+    t = t.loc[[fusion, *singles]]
+    deltas = {m: ev.compare(full, both[both["model"] == m]) for m in singles}
+    t["all_minus_this"] = [fmt_delta(deltas[m]) if m in deltas else "" for m in t.index]
+    t["verdict"] = [deltas[m]["verdict"] if m in deltas else "all modalities" for m in t.index]
+    fmt = lambda m: fmt_mean_std(t.loc[m, "test_mean"], t.loc[m, "test_std"], int(t.loc[m, "n_seeds"]))  # noqa: E731
+    d = deltas[best]
+    verdict = {"better": "adding the other modalities **pays off** in this architecture",
+               "worse": f"**{best} is better**: in this architecture the other modalities cost",
+               "not separable": "what the other modalities add to this architecture is **not separable** from 0"}
+    text = (f"**{fusion}** on every modality: {fmt(fusion)} test {metric}; the same fusion on its best single "
+            f"modality, **{best}**: {fmt(best)}. All − {best}: {fmt_delta(d)} ({ev.note(d['method'])}): "
+            f"{verdict[d['verdict']]}.")
+    cols = ["modalities", "n_seeds", "val_mean", "test_mean", "test_std", "n_params", "all_minus_this", "verdict"]
+    return Summary(t[[c for c in cols if c in t]].round(4), text, {"best_single": best, "interval": d})
