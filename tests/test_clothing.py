@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from mmlib.data import clothing, load_dataset, sentence
+from mmlib.data import tfidf as tfidf_data
 from mmlib.data.base import make_splits
 from mmlib.data.text import UNK_ID, tokenize
 from mmlib.utils import MMLibError
@@ -322,7 +323,7 @@ def test_clothing_tfidf_text(tmp_path, fake_model):
     assert ds.modality_names == ["tabular", "text"] and text.kind == "text"
     assert set(text.tensors) == {"tokens", "weights"} and text.info["encoder_arch"] == "tfidf"
     ids, w = text.tensors["tokens"], text.tensors["weights"]
-    assert ids.shape == w.shape == (40, clothing.TFIDF_MAX_LEN)
+    assert ids.shape == w.shape == (40, tfidf_data.MAX_LEN)
     assert not ids[sorted(NO_TEXT_ROWS)].any() and not text.present[sorted(NO_TEXT_ROWS)].any()
     assert torch.equal(ids == 0, w == 0)  # a weight exactly where an n-gram is
     # the vocabulary comes from the training rows only: a word seen only outside them has no id
@@ -338,6 +339,20 @@ def test_clothing_tfidf_text(tmp_path, fake_model):
     assert set(t2.tensors) == {"tokens", "weights", "x"} and t2.tensors["x"].shape == (40, 4)
     assert torch.equal(t2.tensors["tokens"], ids) and not t2.tensors["x"][sorted(NO_TEXT_ROWS)].any()
     assert build_model(both, fusion="early").encoders["text"].x_dim == 4
+
+
+@pytest.mark.filterwarnings("ignore:.*'Age'.*imputed:UserWarning")
+def test_tfidf_text_is_not_taken_for_word_tokens(tmp_path, fake_model, monkeypatch):
+    from mmlib.analysis import eda, token_text
+
+    both = load(text_encoder="minilm+tfidf", cache_dir=tmp_path)
+    assert eda.token_unit(both) == "n-grams" and eda.token_unit(load(text_encoder="tokens")) == "tokens"
+    seen = {}
+    monkeypatch.setattr(token_text, "load_for_profile", lambda name, profile, **kw: seen.update(kw) or "words")
+    # notebook 10's GRU / bag of words need word tokens: the loader's token view, not the n-gram bag
+    assert token_text.load_token_text("clothing", {}, both) == "words" and seen == {"text_encoder": "tokens"}
+    words = load(text_encoder="tokens")
+    assert token_text.load_token_text("clothing", {}, words) is words
 
 
 @pytest.mark.filterwarnings("ignore:.*'Age'.*imputed:UserWarning")

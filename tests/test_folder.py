@@ -235,5 +235,26 @@ def test_text_encoder_minilm_gives_an_embedding_modality(layout, monkeypatch):
     assert seen["model"] == "all-mpnet-base-v2" and tuple(mp.modalities["text"].tensors["x"].shape) == (120, 768)
     assert mp.modalities["text"].info["model"] == "all-mpnet-base-v2" and mp.meta["text_encoder"] == "mpnet"
     assert _load(csv, text_encoder="gru").modalities["text"].kind == "text"  # the profiles' name for tokens
-    with pytest.raises(MMLibError, match=r"text_encoder='bert'; use one of \('tokens', 'minilm', 'minilm_finetune', 'mpnet'\)"):
+    with pytest.raises(MMLibError, match=r"text_encoder='bert'; use one of \('tokens', 'minilm', 'minilm_finetune', 'mpnet'"):
         _load(csv, text_encoder="bert")
+
+
+def test_text_encoder_tfidf_gives_an_ngram_bag_beside_the_embedding(layout, monkeypatch):
+    from mmlib.data import sentence
+    from mmlib.models import build_model
+
+    _, csv = layout
+    monkeypatch.setattr(sentence, "encode_texts", lambda texts, model_name=sentence.DEFAULT_MODEL, **kw:
+                        np.arange(len(texts) * 4, dtype=np.float32).reshape(len(texts), 4))
+    bag = _load(csv, text_encoder="tfidf").modalities["text"]
+    assert bag.kind == "text" and set(bag.tensors) == {"tokens", "weights"} and bag.info["encoder_arch"] == "tfidf"
+    ds = _load(csv, text_encoder="mpnet+tfidf")
+    text = ds.modalities["text"]
+    assert set(text.tensors) == {"tokens", "weights", "x"} and text.info["model"] == "all-mpnet-base-v2"
+    assert torch.equal(text.tensors["tokens"], bag.tensors["tokens"])  # the same bag, fitted on the same train rows
+    assert torch.equal(text.tensors["x"][:, 0], torch.arange(120, dtype=torch.float32) * 4)
+    assert text.info["vocab_size"] - 1 == len(text.info["tfidf"].vectorizer.vocabulary_)
+    model = build_model(ds, "early")  # the sparse text encoder reads it
+    out = model({m: {k: t[:5] for k, t in mod.tensors.items()} for m, mod in ds.modalities.items()},
+                {m: mod.present[:5] for m, mod in ds.modalities.items()})
+    assert out["pred"].shape[0] == 5

@@ -244,7 +244,7 @@ def test_a_profile_falls_back_to_minilm_saying_so(tmp_path, no_pip, monkeypatch)
     from mmlib.data import sentence
     from mmlib.training.profiles import get_profile
 
-    assert get_profile("standard")["text_encoder"] == "mpnet"
+    assert get_profile("standard")["text_encoder"] == "mpnet+tfidf"
     with pytest.warns(UserWarning, match=r"all-MiniLM-L6-v2 instead \(text_encoder='minilm'\).*python -m mmlib.data.mpnet"):
         assert sentence.profile_text_encoder("mpnet", tmp_path) == "minilm"
     with pytest.warns(UserWarning, match="text_encoder='minilm\\+tfidf'"):

