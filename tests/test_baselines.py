@@ -96,8 +96,17 @@ def test_tfidf_embedding_modality_by_name(tmp_path, monkeypatch):
     ds = load(text_encoder="both", cache_dir=tmp_path)
     res = tfidf_linear_baseline(ds, extra_embeddings="text_minilm", alpha=1.0)
     assert res["modalities"] == ["text", "text_minilm"] and res["model"] == "tfidf+ridge+text_minilm"
-    with pytest.raises(MMLibError, match="not an embedding modality"):
+    with pytest.raises(MMLibError, match="not a modality of .* with a frozen embedding"):
         tfidf_linear_baseline(ds, extra_embeddings="tabular")
+    # the sentence embedding beside a TF-IDF bag (text_encoder="minilm+tfidf") counts as one too
+    bag = load(text_encoder="minilm+tfidf", cache_dir=tmp_path)
+    res = tfidf_linear_baseline(bag, extra_embeddings="text", use_tabular=True, alpha=1.0)
+    plain = tfidf_linear_baseline(bag, use_tabular=True, alpha=1.0)
+    assert res["model"] == "tfidf+ridge+tabular+text" and res["n_features"] == plain["n_features"] + 3
+    from mmlib.analysis.practitioner import practitioner_baselines
+    from mmlib.training.profiles import get_profile
+
+    assert "tfidf+ridge+tabular+text" in practitioner_baselines(bag, get_profile("smoke"))
 
 
 def test_baselines_find_a_planted_text_signal(tmp_path):

@@ -58,7 +58,8 @@ def practitioner_baselines(ds: MultimodalDataset, profile: Mapping, seed: int = 
                            unimodal_variants: bool = False) -> dict[str, dict[str, Any]]:
     """One fit of each practitioner baseline that applies to ``ds``, by record name: CatBoost on
     the table (with the texts as text features when there are texts), TF-IDF + linear with the
-    one-hot table, and (``with_embeddings``) the same with each ``embedding`` modality appended;
+    one-hot table, and (``with_embeddings``) the same with each frozen embedding appended (an
+    ``embedding`` modality's, or the sentence embedding of a ``*+tfidf`` text modality);
     for a regression target with a few integer values (a star rating) also TF-IDF + multinomial
     logistic regression predicting the expected value (text only: with the one-hot table, whose
     ~1,000 Clothing IDs a weakly regularised logistic regression over-fits, it scored test R²
@@ -82,7 +83,7 @@ def practitioner_baselines(ds: MultimodalDataset, profile: Mapping, seed: int = 
         if discrete_target(ds):
             variants.append(dict(regression_as_classes=True))
         variants += [dict(use_tabular=has_table, extra_embeddings=m) for m, mod in ds.modalities.items()
-                     if with_embeddings and mod.kind == "embedding"]
+                     if with_embeddings and "x" in mod.tensors]  # a frozen embedding (also beside a TF-IDF bag)
         for kw in variants:
             res = _fit(tfidf_linear_baseline, ds, seed=seed, **rp, **kw)
             out[res["model"]] = res

@@ -175,8 +175,9 @@ def tfidf_linear_baseline(dataset: MultimodalDataset, use_tabular: bool = False,
     linear model: Ridge for regression, logistic regression (C = 1/alpha) for
     classification. Optionally concatenated with a one-hot table (``use_tabular``;
     numbers standardised with train statistics, NaN -> train median) and / or
-    ``extra_embeddings`` (an array [n, d] aligned with the rows, or the name of an
-    ``embedding`` modality of the dataset, e.g. ``"text_minilm"``).
+    ``extra_embeddings`` (an array [n, d] aligned with the rows, or the name of a modality
+    with a frozen embedding ``x``: an ``embedding`` modality, e.g. ``"text_minilm"``, or the
+    ``*+tfidf`` text modality, whose ``x`` is the sentence embedding beside the n-gram bag).
 
     ``regression_as_classes`` (regression targets only): each distinct training target
     value is a class (at most ``MAX_TARGET_CLASSES``), a multinomial logistic regression
@@ -239,9 +240,9 @@ def tfidf_linear_baseline(dataset: MultimodalDataset, use_tabular: bool = False,
         if isinstance(extra_embeddings, str):
             name = extra_embeddings
             m = dataset.modalities.get(name)
-            if m is None or m.kind != "embedding":
-                raise MMLibError(f"tfidf_linear_baseline: {name!r} is not an embedding modality of {dataset.name!r} "
-                                 f"(modalities: {dataset.modality_names}).")
+            if m is None or "x" not in m.tensors:  # an embedding modality, or a text one with its frozen embedding
+                raise MMLibError(f"tfidf_linear_baseline: {name!r} is not a modality of {dataset.name!r} with a frozen "
+                                 f"embedding (modalities: {dataset.modality_names}).")
             emb = m.tensors["x"].detach().cpu().numpy() * m.present.cpu().numpy()[:, None]
         else:
             name = "embeddings"
