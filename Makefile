@@ -9,7 +9,7 @@ DATASETS ?= spacecraft clothing
 # then only those, unless DATASETS is given on the command line too
 DATA ?=
 # MPNET=1 (default): `make reports` on the standard profile first fetches all-mpnet-base-v2 once (~400 MB,
-# the committed clothing reports' text encoder); MPNET=0 skips it and the profile falls back to MiniLM
+# the committed clothing reports read it beside a TF-IDF bag); MPNET=0 skips it and the profile falls back to MiniLM + TF-IDF
 MPNET ?= 1
 ifeq ($(strip $(DATA)),)
 REPORT_DATA := --datasets $(DATASETS)
