@@ -24,7 +24,7 @@ import pandas as pd
 
 from mmlib.analysis.attribution import shapley_values
 from mmlib.analysis.imbalance import remedy_verdicts
-from mmlib.analysis.summaries import group_stats
+from mmlib.analysis.summaries import SINGLE_MODALITY_EXPERIMENT, group_stats
 from mmlib.analysis.verdicts import (N_BOOT, Evidence, constant_score, fmt_delta, stability_verdict,
                                      worst_case_text)
 from mmlib.reporting.records import fmt_mean_std
@@ -92,7 +92,7 @@ TRAINING_EXPERIMENTS = ("unimodal", "simple_fusion", "fusion_variant", "full_mod
 VERDICTS = ("better", "worse", "not separable")
 SYSTEM_NOTEBOOKS = ("10_unimodal_baselines", "20_simple_fusion", "40_fusion_variants")
 SYSTEM_EXPERIMENTS = ("unimodal", "text_encoder", "image_encoder", "catboost", "tfidf", "simple_fusion", "fusion_variant",
-                      "fusion_single_modality", "stacking")
+                      SINGLE_MODALITY_EXPERIMENT, "stacking")
 
 
 def _unique_runs(df: pd.DataFrame) -> pd.DataFrame:
@@ -185,7 +185,7 @@ def _q1(sys: pd.DataFrame, ev: Evidence, metric: str) -> Section:
                  f"it is separable from the others), against {bu}: "
                  + said(ev.compare(pick(nets[0]), pick(bu)), "the networks beat it too.",
                         f"**every fusion network is behind the unimodal {bu}**.", "not separable."))
-    alone = sys[sys["experiment"] == "fusion_single_modality"]  # the same architecture on one modality (40)
+    alone = sys[sys["experiment"] == SINGLE_MODALITY_EXPERIMENT]  # the same architecture on one modality (40)
     for f in [f for f in dict.fromkeys(alone["fusion"]) if f in first.index and first.loc[f, "kind"] == "network"]:
         versions = [m for m in uni if m in set(alone.loc[alone["fusion"] == f, "model"])]
         text += (f" The same architecture on one modality: {f} against {desc(versions[0]).replace('**', '')}, "

@@ -242,10 +242,6 @@ def variants_summary(records, metric: str, higher_is_better: bool = True, refere
     return Summary(t.round(4), text, {"best": best, "tied": tied})
 
 
-__all__ = ["Summary", "as_frame", "group_stats", "saved_predictions", "dominance_summary", "fusion_summary", "overfitting_table", "convergence_summary",
-           "recovery_summary", "variants_summary"]
-
-
 # experiment name of the top fusion retrained on each modality alone (notebook 40)
 SINGLE_MODALITY_EXPERIMENT = "fusion_single_modality"
 
@@ -301,3 +297,8 @@ def modality_gain_summary(records, fusion: str, metric: str, higher_is_better: b
             f"{verdict[d['verdict']]}.")
     cols = ["modalities", "n_seeds", "val_mean", "test_mean", "test_std", "n_params", "all_minus_this", "verdict"]
     return Summary(t[[c for c in cols if c in t]].round(4), text, {"best_single": best, "interval": d})
+
+
+__all__ = ["Summary", "as_frame", "group_stats", "saved_predictions", "dominance_summary", "fusion_summary", "overfitting_table", "convergence_summary",
+           "recovery_summary", "variants_summary", "SINGLE_MODALITY_EXPERIMENT", "single_modality_name",
+           "top_by_validation", "modality_gain_summary"]

@@ -327,7 +327,7 @@ def _text_modality(texts: list[str | None], train: np.ndarray, encoder: str, max
     if encoder.endswith("tfidf"):  # the sparse n-gram bag, beside the frozen embedding when there is one
         from mmlib.data.tfidf import tfidf_text
 
-        tensors, info = tfidf_text(texts, train, x, model if x is not None else None)
+        tensors, info = tfidf_text(texts, train, x, model)
         return Modality("text", "text", tensors, present, info)
     return Modality("text", "embedding", {"x": torch.from_numpy(x)}, present,
                     {"dim": int(x.shape[1]), "model": model})
